@@ -1,0 +1,357 @@
+"""The typed job schema: the one source of truth for a training run.
+
+Key names are LLaMA-Factory's, so a user's training YAML loads as is. The UI builds its controls
+from the field metadata (group, help, choices), the CLI builds its flags from it, and the worker
+reads the YAML written from it. Defaults live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import time
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+STAGES = ("sft", "dpo", "pt")
+FINETUNING_TYPES = ("lora", "freeze", "full")
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "cosine_with_min_lr",
+)
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_8bit", "paged_adamw_8bit")
+PREF_LOSSES = ("sigmoid", "ipo", "hinge")
+
+GROUPS = {
+    "model": "Model",
+    "method": "Method",
+    "data": "Data",
+    "basic": "Training",
+    "lora": "LoRA",
+    "freeze": "Freeze",
+    "dpo": "Preference (DPO)",
+    "advanced": "Advanced",
+}
+
+# LLaMA-Factory keys that change what is trained and that the studio does not implement yet:
+# loading a YAML with one of these is an error that says so, never a silent difference.
+UNSUPPORTED_KEYS = {
+    "deepspeed": "DeepSpeed configs are not supported yet",
+    "use_unsloth": "Unsloth is not supported",
+    "rope_scaling": "RoPE scaling is not supported yet",
+    "neftune_noise_alpha": "NEFTune is not supported yet",
+    "use_dora": "DoRA is not supported yet",
+    "use_rslora": "rsLoRA is not supported yet",
+    "pissa_init": "PiSSA is not supported",
+    "loraplus_lr_ratio": "LoRA+ is not supported yet",
+    "use_galore": "GaLore is not supported",
+    "use_badam": "BAdam is not supported",
+    "use_apollo": "APOLLO is not supported",
+    "use_llama_pro": "LLaMA Pro is not supported",
+    "mix_strategy": "dataset mixing strategies are not supported (datasets are concatenated)",
+    "interleave_probs": "dataset interleaving is not supported (datasets are concatenated)",
+    "tokenized_path": "pre-tokenized dataset caches are not supported",
+    "streaming": "streaming datasets are not supported",
+    "neat_packing": "neat packing is not supported yet",
+    "train_on_prompt": "training on prompts is not supported (SFT loss covers assistant turns only)",
+    "mask_history": "mask_history is not supported yet",
+    "additional_target": "additional_target is not supported yet",
+    "adapter_name_or_path": "starting from an existing adapter is not supported yet",
+    "create_new_adapter": "create_new_adapter is not supported yet",
+    "pref_ftx": "the SFT term in DPO (pref_ftx) is not supported yet",
+    "simpo_gamma": "SimPO is not supported",
+    "ref_model": "a separate DPO reference model is not supported (LoRA uses the base, full a frozen copy)",
+    "eval_dataset": "a separate eval dataset is not supported yet (use val_size)",
+    "enable_liger_kernel": "Liger kernels are not supported yet",
+    "image_max_pixels": "multimodal training is not supported",
+    "freeze_vision_tower": "multimodal training is not supported",
+    "tool_format": "tool-call formats are not supported yet",
+    "quantization_method": "only bitsandbytes quantization is supported (omit quantization_method)",
+}
+
+# LLaMA-Factory keys with no effect here (bookkeeping of its own runner): accepted and noted.
+IGNORED_KEYS = {
+    "do_train", "do_eval", "do_predict", "plot_loss", "overwrite_output_dir", "overwrite_cache",
+    "preprocessing_num_workers", "dataloader_num_workers", "report_to", "ddp_timeout", "logging_dir",
+    "run_name", "save_only_model", "eval_strategy", "save_strategy", "logging_strategy",
+    "flash_attn", "per_device_eval_batch_size", "trust_remote_code", "disable_tqdm",
+}
+
+
+class ConfigError(ValueError):
+    """One or more bad fields; each message starts with the field's name."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def param(default: Any, help: str, group: str, choices: tuple | None = None, minimum: float | None = None,
+          maximum: float | None = None, exclusive_min: bool = False) -> Any:
+    meta = {"help": help, "group": group, "choices": choices, "min": minimum, "max": maximum,
+            "exclusive_min": exclusive_min}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class JobConfig:
+    # model
+    model_name_or_path: str | None = param(
+        None, "Base model: a local folder, a Hugging Face id (honours HF_ENDPOINT), or empty for the "
+        "embedded SmolLM2-135M-Instruct.", "model")
+    template: str | None = param(
+        None, "Chat template: empty = the tokenizer's own; or chatml, llama3, qwen, mistral, alpaca, "
+        "or a path to a .jinja file.", "model")
+    quantization_bit: int | None = param(
+        None, "Load the base in 4 or 8 bits with bitsandbytes (QLoRA). LoRA only.", "model", (None, 4, 8))
+    quantization_type: str = param("nf4", "4-bit data type for QLoRA.", "model", ("nf4", "fp4"))
+    double_quantization: bool = param(True, "Quantize the 4-bit quantization constants too.", "model")
+    # method
+    stage: str = param("sft", "sft: supervised chat fine-tuning; dpo: preference optimisation; "
+                       "pt: continued pre-training on raw text.", "method", STAGES)
+    finetuning_type: str = param("lora", "lora: small adapters; freeze: train the last layers only; "
+                                 "full: every weight.", "method", FINETUNING_TYPES)
+    # data
+    dataset: str = param("identity", "Catalogue dataset names, comma separated.", "data")
+    dataset_dir: str = param(".", "Folder holding dataset_info.json.", "data")
+    cutoff_len: int = param(1024, "Longest training sequence in tokens; longer rows are truncated.",
+                            "data", minimum=8)
+    max_samples: int | None = param(None, "Use at most this many rows of each dataset.", "data", minimum=1)
+    val_size: float = param(0.0, "Fraction (0-1) or count (>=1) of rows held out for eval loss.", "data",
+                            minimum=0)
+    # basic training
+    learning_rate: float = param(1e-4, "Peak learning rate.", "basic", minimum=0, exclusive_min=True)
+    num_train_epochs: float = param(3.0, "Passes over the data.", "basic", minimum=0, exclusive_min=True)
+    max_steps: int = param(-1, "Stop after this many optimizer steps (-1 = use epochs).", "basic",
+                           minimum=-1)
+    per_device_train_batch_size: int = param(2, "Rows per device per step.", "basic", minimum=1)
+    gradient_accumulation_steps: int = param(4, "Steps whose gradients are summed before an update.",
+                                             "basic", minimum=1)
+    lr_scheduler_type: str = param("cosine", "Learning-rate schedule.", "basic", SCHEDULERS)
+    warmup_ratio: float = param(0.0, "Fraction of steps spent warming the learning rate up.", "basic",
+                                minimum=0, maximum=1)
+    max_grad_norm: float = param(1.0, "Clip gradients to this norm (0 = no clipping).", "basic", minimum=0)
+    bf16: bool = param(False, "Train in bfloat16 mixed precision (Ampere+ GPUs).", "basic")
+    fp16: bool = param(False, "Train in float16 mixed precision (older GPUs).", "basic")
+    # LoRA
+    lora_rank: int = param(8, "LoRA rank r.", "lora", minimum=1)
+    lora_alpha: int | None = param(None, "LoRA scale alpha (empty = 2 x rank).", "lora", minimum=1)
+    lora_dropout: float = param(0.0, "Dropout on the LoRA path.", "lora", minimum=0, maximum=1)
+    lora_target: str = param("all", "Modules to adapt: all (every linear layer) or names such as "
+                             "q_proj,v_proj.", "lora")
+    # freeze
+    freeze_trainable_layers: int = param(2, "Train the last N layers (negative: the first N).", "freeze")
+    freeze_trainable_modules: str = param("all", "Modules trained inside those layers: all or names "
+                                          "such as mlp,self_attn.", "freeze")
+    # DPO
+    pref_beta: float = param(0.1, "DPO beta: how far the policy may move from the reference.", "dpo",
+                             minimum=0, exclusive_min=True)
+    pref_loss: str = param("sigmoid", "DPO loss.", "dpo", PREF_LOSSES)
+    # advanced
+    optim: str = param("adamw_torch", "Optimizer.", "advanced", OPTIMIZERS)
+    weight_decay: float = param(0.0, "AdamW weight decay.", "advanced", minimum=0)
+    warmup_steps: int = param(0, "Warm-up steps (overrides warmup_ratio when > 0).", "advanced", minimum=0)
+    gradient_checkpointing: bool = param(False, "Recompute activations in the backward pass: less "
+                                         "memory, ~30% slower.", "advanced")
+    logging_steps: int = param(5, "Log loss every N steps.", "advanced", minimum=1)
+    save_steps: int = param(50, "Save a checkpoint every N steps.", "advanced", minimum=1)
+    eval_steps: int | None = param(None, "Eval every N steps (empty = save_steps).", "advanced", minimum=1)
+    save_total_limit: int = param(3, "Keep at most N checkpoints.", "advanced", minimum=1)
+    seed: int = param(42, "Random seed.", "advanced")
+    output_dir: str | None = param(None, "Run folder (empty = runs/<stage>-<method>-<time>).", "advanced")
+    resume_from_checkpoint: bool | str | None = param(
+        None, "true = continue from the newest complete checkpoint of output_dir; or a checkpoint "
+        "path.", "advanced")
+
+    # ----------------------------------------------------------------------------------------
+    @classmethod
+    def spec(cls) -> dict[str, dataclasses.Field]:
+        return {f.name: f for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def field_type(cls, name: str) -> type:
+        """The base type of a field (str, int, float, bool), Optional unwrapped."""
+        hint = get_type_hints(cls)[name]
+        if get_origin(hint) in (Union, types.UnionType):
+            args = [a for a in get_args(hint) if a is not type(None)]
+            return args[0] if len(args) == 1 else object
+        return hint
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], notes: list[str] | None = None) -> JobConfig:
+        """Build and validate; unknown and unsupported keys are errors, ignored ones go to notes."""
+        data = dict(data or {})
+        problems: list[str] = []
+        if "disable_gradient_checkpointing" in data:  # LLaMA-Factory's inverted switch
+            data.setdefault("gradient_checkpointing", not _to_bool(data.pop("disable_gradient_checkpointing")))
+        values: dict[str, Any] = {}
+        spec = cls.spec()
+        for key, raw in data.items():
+            if key in spec:
+                try:
+                    values[key] = cls.coerce(key, raw)
+                except ValueError as exc:
+                    problems.append(f"{key}: {exc}")
+            elif key in UNSUPPORTED_KEYS:
+                problems.append(f"{key}: known LLaMA-Factory key, not supported yet ({UNSUPPORTED_KEYS[key]})")
+            elif key in IGNORED_KEYS:
+                if notes is not None:
+                    notes.append(f"{key}: LLaMA-Factory key with no effect in the studio, ignored")
+            else:
+                close = [k for k in spec if k.startswith(key[:4])][:3]
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                problems.append(f"{key}: unknown key{hint}")
+        if problems:
+            raise ConfigError(problems)
+        job = cls(**values)
+        job.validate()
+        return job
+
+    @classmethod
+    def coerce(cls, key: str, raw: Any) -> Any:
+        """Turn a YAML/CLI/UI value into the field's type (strings from the CLI included)."""
+        kind = cls.field_type(key)
+        if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "null", "none")):
+            if key == "resume_from_checkpoint" or _optional(cls, key):
+                return None
+            raise ValueError("must not be empty")
+        if key == "resume_from_checkpoint":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip()
+            return _to_bool(text) if text.lower() in ("true", "false", "yes", "no") else text
+        if kind is bool:
+            return _to_bool(raw)
+        if kind is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError(f"must be a whole number, got {raw!r}")
+            try:
+                return int(float(raw)) if isinstance(raw, (str, float)) else int(raw)
+            except (TypeError, ValueError):
+                raise ValueError(f"must be a whole number, got {raw!r}") from None
+        if kind is float:
+            if isinstance(raw, bool):
+                raise ValueError(f"must be a number, got {raw!r}")
+            try:
+                return float(raw)
+            except (TypeError, ValueError):
+                raise ValueError(f"must be a number, got {raw!r}") from None
+        if not isinstance(raw, (str, int, float)):
+            raise ValueError(f"must be text, got {type(raw).__name__}")
+        return str(raw).strip()
+
+    def validate(self) -> None:
+        problems = []
+        for name, f in self.spec().items():
+            value = getattr(self, name)
+            meta = f.metadata
+            if value is None:
+                continue
+            if meta.get("choices") and value not in meta["choices"]:
+                shown = ", ".join(str(c) for c in meta["choices"] if c is not None)
+                problems.append(f"{name}: must be one of {shown}, got {value!r}")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                low, high = meta.get("min"), meta.get("max")
+                if low is not None and (value < low or (meta.get("exclusive_min") and value == low)):
+                    sign = ">" if meta.get("exclusive_min") else ">="
+                    problems.append(f"{name}: must be {sign} {low:g}, got {value:g}")
+                if high is not None and value > high:
+                    problems.append(f"{name}: must be <= {high:g}, got {value:g}")
+        if self.bf16 and self.fp16:
+            problems.append("fp16: cannot be combined with bf16; choose one")
+        if self.quantization_bit is not None and self.finetuning_type != "lora":
+            problems.append(f"quantization_bit: quantized training needs finetuning_type lora, "
+                            f"got {self.finetuning_type}")
+        if not [d for d in self.datasets if d]:
+            problems.append("dataset: name at least one catalogue dataset")
+        if self.val_size >= 1 and not float(self.val_size).is_integer():
+            problems.append(f"val_size: a count must be whole, got {self.val_size:g}")
+        if problems:
+            raise ConfigError(problems)
+
+    # ----------------------------------------------------------------------------------------
+    @property
+    def datasets(self) -> list[str]:
+        return [d.strip() for d in self.dataset.split(",") if d.strip()]
+
+    @property
+    def lora_alpha_value(self) -> int:
+        return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank
+
+    def to_dict(self, only_changed: bool = False) -> dict[str, Any]:
+        out = {}
+        for name, f in self.spec().items():
+            value = getattr(self, name)
+            if only_changed and value == f.default:
+                continue
+            out[name] = value
+        return out
+
+    def to_yaml(self, only_changed: bool = False) -> str:
+        return yaml.safe_dump(self.to_dict(only_changed), sort_keys=False, allow_unicode=True)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+
+    @classmethod
+    def from_yaml_text(cls, text: str, notes: list[str] | None = None) -> JobConfig:
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"yaml: not valid YAML: {exc}"]) from None
+        if not isinstance(data, dict):
+            raise ConfigError([f"yaml: expected a mapping of keys to values, got {type(data).__name__}"])
+        return cls.from_dict(data, notes)
+
+    @classmethod
+    def load(cls, path: str | Path, notes: list[str] | None = None) -> JobConfig:
+        return cls.from_yaml_text(Path(path).read_text(encoding="utf-8"), notes)
+
+    def replace(self, **changes: Any) -> JobConfig:
+        return type(self).from_dict(self.to_dict() | changes)
+
+    def with_run_folder(self, runs_root: str | Path = "runs") -> JobConfig:
+        """A copy whose output_dir and dataset_dir are absolute, naming a new run when empty."""
+        out = self.output_dir or str(Path(runs_root) / default_run_name(self))
+        return self.replace(output_dir=str(Path(out).expanduser().resolve()),
+                            dataset_dir=str(Path(self.dataset_dir).expanduser().resolve()))
+
+    def cli_args(self) -> list[str]:
+        """Flags that reproduce this job with `ftstudio train` (only the values that differ)."""
+        args = []
+        for name, value in self.to_dict(only_changed=True).items():
+            args += [f"--{name}", "" if value is None else str(value).lower() if isinstance(value, bool)
+                     else str(value)]
+        return args
+
+    def command_line(self) -> str:
+        return shlex.join(["ftstudio", "train", *self.cli_args()])
+
+
+def default_run_name(job: JobConfig) -> str:
+    return f"{job.stage}-{job.finetuning_type}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _optional(cls: type, key: str) -> bool:
+    return type(None) in get_args(get_type_hints(cls)[key])
+
+
+def _to_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise ValueError(f"must be true or false, got {raw!r}")
