@@ -1,0 +1,162 @@
+"""ftstudio: webui | train | chat | export | api | data — everything the UI does, from a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from app.config import ConfigError, JobConfig
+
+
+def _train_parser(sub) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        "train", help="run one training job (a YAML job file and/or flags)",
+        description="Run a training job in this process. Flags override the YAML file; names are "
+                    "LLaMA-Factory's. Example: ftstudio train examples/identity_lora.yaml --max_steps 20",
+    )
+    parser.add_argument("job", nargs="?", help="job YAML file (LLaMA-Factory training keys)")
+    for name, f in JobConfig.spec().items():
+        choices = [str(c) for c in f.metadata["choices"] if c is not None] if f.metadata["choices"] else None
+        default = f" (default: {f.default})" if f.default is not None else ""
+        parser.add_argument(f"--{name}", dest=name, default=argparse.SUPPRESS, metavar=
+                            "{" + ",".join(choices) + "}" if choices else name.split("_")[-1].upper(),
+                            help=f.metadata["help"] + default)
+    return parser
+
+
+def build_job(args: argparse.Namespace) -> JobConfig:
+    data: dict = {}
+    notes: list[str] = []
+    if args.job:
+        import yaml
+
+        with open(args.job, encoding="utf-8") as handle:
+            loaded = yaml.safe_load(handle) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError([f"{args.job}: expected a mapping of keys to values"])
+        data.update(loaded)
+    data.update({k: v for k, v in vars(args).items() if k in JobConfig.spec()})
+    job = JobConfig.from_dict(data, notes)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return job
+
+
+def cmd_train(args) -> int:
+    from app.train.worker import run_job
+
+    return run_job(build_job(args))
+
+
+def cmd_data(args) -> int:
+    from app.data.validate import main_check
+
+    return main_check(args.dataset_dir, args.names, args.stage)
+
+
+def cmd_chat(args) -> int:
+    from app.chat.repl import chat_main
+
+    return chat_main(model=args.model, adapter=args.adapter, prompt=args.prompt, temperature=args.temperature,
+                     max_new_tokens=args.max_new_tokens, system=args.system)
+
+
+def cmd_export(args) -> int:
+    from app.export.pipeline import ExportError, export
+
+    def progress(fraction: float, message: str) -> None:
+        print(f"[{fraction * 100:5.1f}%] {message}", file=sys.stderr, flush=True)
+
+    try:
+        report = export(args.source, fmt=args.format, quant=args.quant, output_dir=args.output,
+                        progress=progress, check=not args.no_check)
+    except ExportError as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 1
+    import json
+
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_api(args) -> int:
+    from app.serve.main import api_main
+
+    return api_main(model=args.model, adapters=args.adapter or [], host=args.host, port=args.port,
+                    api_key=args.api_key or os.environ.get("FTSTUDIO_API_KEY"))
+
+
+def cmd_webui(args) -> int:
+    from app.ui.app import webui_main
+
+    return webui_main(host=args.host, port=args.port, auth=args.auth or os.environ.get("FTSTUDIO_AUTH"),
+                      runs_dir=args.runs_dir, dataset_dir=args.dataset_dir, lang=args.lang)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ftstudio", description="Finetune Studio: fine-tune, chat, export.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    web = sub.add_parser("webui", help="launch the web studio")
+    web.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    web.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    web.add_argument("--auth", help="USER:PASS; required when binding beyond loopback (or FTSTUDIO_AUTH)")
+    web.add_argument("--runs-dir", default=os.environ.get("FTSTUDIO_RUNS", "runs"))
+    web.add_argument("--dataset-dir", default=".", help="folder holding dataset_info.json")
+    web.add_argument("--lang", choices=["en", "zh"], default=os.environ.get("FTSTUDIO_LANG", "en"))
+    web.set_defaults(func=cmd_webui)
+
+    _train_parser(sub).set_defaults(func=cmd_train)
+
+    chat = sub.add_parser("chat", help="chat with a base model or a trained adapter")
+    chat.add_argument("--model", help="base model (folder or hub id; empty = embedded default)")
+    chat.add_argument("--adapter", help="a run folder or an adapter folder")
+    chat.add_argument("--prompt", help="print one reply to this prompt and exit")
+    chat.add_argument("--system", help="system prompt")
+    chat.add_argument("--temperature", type=float, default=None,
+                      help="0 = greedy (default with --prompt); 0.7 in the interactive chat")
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.set_defaults(func=cmd_chat)
+
+    exp = sub.add_parser("export", help="merge an adapter and export safetensors or GGUF")
+    exp.add_argument("source", help="a run folder, an adapter folder or a model folder")
+    exp.add_argument("--format", choices=["safetensors", "gguf"], default="safetensors")
+    exp.add_argument("--quant", default="f16", help="GGUF type: f16, bf16, q8_0, q4_k_m, q5_k_m, ...")
+    exp.add_argument("--output", required=True, help="output folder")
+    exp.add_argument("--no-check", action="store_true", help="skip the GGUF fidelity check")
+    exp.set_defaults(func=cmd_export)
+
+    api = sub.add_parser("api", help="serve an OpenAI-compatible API")
+    api.add_argument("--model", help="base model (empty = embedded default)")
+    api.add_argument("--adapter", action="append", metavar="NAME=PATH", help="adapter to serve (repeatable)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--api-key", help="bearer key clients must send (or FTSTUDIO_API_KEY)")
+    api.set_defaults(func=cmd_api)
+
+    data = sub.add_parser("data", help="dataset catalogue tools")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    check = data_sub.add_parser("check", help="validate datasets before training")
+    check.add_argument("names", nargs="*", help="dataset names (default: all)")
+    check.add_argument("--dataset-dir", default=".", help="folder holding dataset_info.json")
+    check.add_argument("--stage", choices=["sft", "dpo", "pt"], help="check fitness for this stage")
+    check.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print("invalid job:\n" + "\n".join(f"  {p}" for p in exc.problems), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

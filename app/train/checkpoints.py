@@ -1,0 +1,33 @@
+"""Checkpoints that are either complete or absent, never half written as the latest."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from transformers.trainer_utils import rotate_checkpoints
+
+
+class AtomicCheckpointMixin:
+    """Mix in before a transformers Trainer: each checkpoint is written into a staging folder and
+    renamed into place, so a crash (even kill -9) mid-save leaves the previous checkpoint as the
+    newest one on disk."""
+
+    def _save_checkpoint(self, model, trial):  # type: ignore[override]
+        final_root = self.args.output_dir
+        staging = Path(final_root) / ".staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        self.args.output_dir = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir = final_root
+        for folder in staging.glob("checkpoint-*"):
+            target = Path(final_root) / folder.name
+            if target.exists():  # a resumed run saving the same step again
+                shutil.rmtree(target)
+            os.replace(folder, target)
+        shutil.rmtree(staging, ignore_errors=True)
+        if self.args.should_save and self.args.save_total_limit:
+            rotate_checkpoints(output_dir=final_root, save_total_limit=self.args.save_total_limit)

@@ -1,0 +1,145 @@
+"""Training recipes: one function per stage, each reading top to bottom.
+
+Batching lives in `trainer_arguments` (padding-free, flattened batches with per-sequence
+position ids, so no compute is spent on padding and tokens/s counts real tokens).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+
+from app.config import JobConfig
+from app.train.checkpoints import AtomicCheckpointMixin
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    train: Dataset
+    eval: Dataset | None
+    n_rows: int
+    message: str  # for the "tokenizing" stage event
+
+
+def split_eval(rows: list[dict], job: JobConfig) -> tuple[Dataset, Dataset | None]:
+    dataset = Dataset.from_list(rows)
+    if not job.val_size:
+        return dataset, None
+    size = int(job.val_size) if job.val_size >= 1 else job.val_size
+    if (isinstance(size, int) and size >= len(dataset)) or len(dataset) < 2:
+        raise ValueError(f"val_size: {job.val_size:g} leaves no training rows out of {len(dataset)}")
+    parts = dataset.train_test_split(test_size=size, seed=job.seed)
+    return parts["train"], parts["test"]
+
+
+def prepare_data(job: JobConfig, tokenizer) -> Prepared:
+    """Load every dataset of the job, render it through the chat template, tokenize and split."""
+    from app.data.catalogue import load_catalogue
+    from app.data.formats import load_examples
+    from app.data.render import tokenize_pt, tokenize_sft
+
+    catalogue = load_catalogue(job.dataset_dir)
+    examples: list[dict] = []
+    for name in job.datasets:
+        examples += load_examples(catalogue[name], job.stage, max_samples=job.max_samples)
+    if job.stage == "dpo":
+        train, evaluation = split_eval(examples, job)
+        return Prepared(train, evaluation, len(examples), f"{len(examples):,} preference rows")
+    if job.stage == "pt":
+        rows, stats = tokenize_pt(examples, tokenizer, job.cutoff_len)
+        message = f"{len(examples):,} texts packed into {len(rows):,} blocks of {job.cutoff_len} tokens"
+    else:
+        rows, stats = tokenize_sft(examples, tokenizer, job.cutoff_len)
+        message = (f"{len(examples):,} rows, {stats.n_tokens:,} tokens; {stats.n_truncated} truncated to "
+                   f"{job.cutoff_len} tokens, {stats.n_dropped} dropped")
+    if not rows:
+        raise ValueError(f"dataset: nothing left to train on after tokenizing ({message})")
+    train, evaluation = split_eval(rows, job)
+    return Prepared(train, evaluation, len(examples), message)
+
+
+def trainer_arguments(job: JobConfig, output_dir: Path, has_eval: bool) -> dict:
+    """Arguments shared by every TRL trainer config, from the job."""
+    on_gpu = torch.cuda.is_available()
+    eval_steps = job.eval_steps or job.save_steps
+    return dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=job.per_device_train_batch_size,
+        per_device_eval_batch_size=job.per_device_train_batch_size,
+        gradient_accumulation_steps=job.gradient_accumulation_steps,
+        learning_rate=job.learning_rate,
+        num_train_epochs=job.num_train_epochs,
+        max_steps=job.max_steps,
+        lr_scheduler_type=job.lr_scheduler_type,
+        warmup_steps=job.warmup_steps if job.warmup_steps > 0 else job.warmup_ratio,
+        max_grad_norm=job.max_grad_norm if job.max_grad_norm > 0 else None,
+        weight_decay=job.weight_decay,
+        optim=job.optim,
+        bf16=job.bf16,
+        fp16=job.fp16,
+        use_cpu=not on_gpu,
+        gradient_checkpointing=False,  # applied by model_setup, before PEFT wrapping
+        logging_steps=job.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=job.save_steps,
+        save_total_limit=job.save_total_limit,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=eval_steps if has_eval else None,
+        seed=job.seed,
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def _config(cls, kwargs: dict):
+    """Build a TRL config, dropping keys this TRL version does not know (logged, not silent)."""
+    known = set(inspect.signature(cls).parameters)
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        log.warning("%s does not accept %s; ignored", cls.__name__, unknown)
+    return cls(**{k: v for k, v in kwargs.items() if k in known})
+
+
+def build_sft_trainer(job: JobConfig, model, tokenizer, data: Prepared, output_dir: Path, callbacks: list):
+    """SFT and continued pre-training: the rows are already tokenized (input_ids, completion_mask)."""
+    from trl import SFTConfig, SFTTrainer
+
+    class StudioSFTTrainer(AtomicCheckpointMixin, SFTTrainer):
+        pass
+
+    args = _config(SFTConfig, trainer_arguments(job, output_dir, data.eval is not None) | dict(
+        max_length=None,  # rows are truncated to cutoff_len by app.data.render
+        padding_free=True,  # flattened batches, sequence boundaries kept by position_ids
+        completion_only_loss=job.stage == "sft",
+        packing=False,
+    ))
+    return StudioSFTTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                            processing_class=tokenizer, callbacks=callbacks)
+
+
+def build_dpo_trainer(job: JobConfig, model, tokenizer, data: Prepared, output_dir: Path, callbacks: list):
+    """DPO on conversational preference rows; with LoRA the reference is the base, adapter disabled."""
+    from trl import DPOConfig, DPOTrainer
+
+    class StudioDPOTrainer(AtomicCheckpointMixin, DPOTrainer):
+        pass
+
+    args = _config(DPOConfig, trainer_arguments(job, output_dir, data.eval is not None) | dict(
+        beta=job.pref_beta,
+        loss_type=job.pref_loss,
+        max_length=job.cutoff_len,
+    ))
+    return StudioDPOTrainer(model=model, ref_model=None, args=args, train_dataset=data.train,
+                            eval_dataset=data.eval, processing_class=tokenizer, callbacks=callbacks)
+
+
+BUILDERS = {"sft": build_sft_trainer, "pt": build_sft_trainer, "dpo": build_dpo_trainer}
