@@ -70,7 +70,7 @@ class EventCallback(TrainerCallback):
             "step": step,
             "total_steps": state.max_steps,
             "epoch": round(float(state.epoch or 0), 4),
-            "loss": logs.get("loss", logs.get("train_loss")),
+            "loss": logs.get("loss"),
             "lr": logs.get("learning_rate"),
             "grad_norm": logs.get("grad_norm"),
             "tokens_per_s": round(tokens_per_s, 1) if tokens_per_s is not None else None,
@@ -84,7 +84,7 @@ class EventCallback(TrainerCallback):
             ):
                 event.setdefault(key.replace("/", "_"), value)
         if "train_loss" in logs and "loss" not in logs:
-            event["final"] = True
+            event["final"] = True  # the Trainer's closing summary (average train_loss), not a step
         self.events.append("log", **event)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
