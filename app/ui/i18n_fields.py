@@ -1,0 +1,151 @@
+"""Labels and help for every JobConfig field and group, in English and Chinese.
+
+English help is never copied here: it comes from the field metadata in `app.config`, the one source
+of truth. This module only adds short English labels and the Chinese translations;
+`tests/test_ui_logic.py` checks that every field and group has both.
+"""
+
+from __future__ import annotations
+
+from app.config import GROUPS, JobConfig
+
+# Short English labels where the YAML key reads badly; every other field shows "Key name".
+EN_LABELS = {
+    "model_name_or_path": "Model name or path",
+    "quantization_bit": "Quantization bits (QLoRA)",
+    "double_quantization": "Double quantization",
+    "stage": "Stage",
+    "finetuning_type": "Method",
+    "dataset": "Datasets",
+    "dataset_dir": "Dataset folder",
+    "cutoff_len": "Cutoff length",
+    "per_device_train_batch_size": "Batch size per device",
+    "gradient_accumulation_steps": "Gradient accumulation",
+    "lr_scheduler_type": "LR scheduler",
+    "max_grad_norm": "Max gradient norm",
+    "bf16": "bf16",
+    "fp16": "fp16",
+    "lora_rank": "LoRA rank",
+    "lora_alpha": "LoRA alpha",
+    "lora_dropout": "LoRA dropout",
+    "lora_target": "LoRA target modules",
+    "pref_beta": "DPO beta",
+    "pref_loss": "DPO loss",
+    "optim": "Optimizer",
+    "output_dir": "Run name or folder",
+}
+
+ZH_LABELS = {
+    "model_name_or_path": "模型名称或路径",
+    "template": "对话模板",
+    "quantization_bit": "量化位数 (QLoRA)",
+    "quantization_type": "量化数据类型",
+    "double_quantization": "双重量化",
+    "stage": "训练阶段",
+    "finetuning_type": "微调方法",
+    "dataset": "数据集",
+    "dataset_dir": "数据目录",
+    "cutoff_len": "截断长度",
+    "max_samples": "最大样本数",
+    "val_size": "验证集比例",
+    "learning_rate": "学习率",
+    "num_train_epochs": "训练轮数",
+    "max_steps": "最大步数",
+    "per_device_train_batch_size": "每设备批大小",
+    "gradient_accumulation_steps": "梯度累积",
+    "lr_scheduler_type": "学习率调度器",
+    "warmup_ratio": "预热比例",
+    "max_grad_norm": "最大梯度范数",
+    "bf16": "bf16",
+    "fp16": "fp16",
+    "lora_rank": "LoRA 秩",
+    "lora_alpha": "LoRA 缩放系数",
+    "lora_dropout": "LoRA 随机丢弃",
+    "lora_target": "LoRA 作用模块",
+    "freeze_trainable_layers": "可训练层数",
+    "freeze_trainable_modules": "可训练模块",
+    "pref_beta": "DPO beta 参数",
+    "pref_loss": "DPO 损失函数",
+    "optim": "优化器",
+    "weight_decay": "权重衰减",
+    "warmup_steps": "预热步数",
+    "gradient_checkpointing": "梯度检查点",
+    "logging_steps": "日志间隔",
+    "save_steps": "保存间隔",
+    "eval_steps": "评估间隔",
+    "save_total_limit": "最多保留检查点",
+    "seed": "随机种子",
+    "output_dir": "运行名称或目录",
+    "resume_from_checkpoint": "从检查点恢复",
+}
+
+ZH_HELP = {
+    "model_name_or_path": "基础模型：本地目录、Hugging Face 模型 ID（遵循 HF_ENDPOINT），留空则使用内置的 "
+                          "SmolLM2-135M-Instruct。",
+    "template": "对话模板：留空使用分词器自带模板；或 chatml、llama3、qwen、mistral、alpaca，或 .jinja 文件路径。",
+    "quantization_bit": "用 bitsandbytes 以 4 或 8 位加载基础模型（QLoRA），仅限 LoRA。",
+    "quantization_type": "QLoRA 的 4 位数据类型。",
+    "double_quantization": "对 4 位量化常数再做一次量化。",
+    "stage": "sft：监督式对话微调；dpo：偏好优化；pt：在纯文本上继续预训练。",
+    "finetuning_type": "lora：小型适配器；freeze：只训练最后几层；full：训练全部权重。",
+    "dataset": "数据目录中的数据集名称，用逗号分隔。",
+    "dataset_dir": "存放 dataset_info.json 的目录。",
+    "cutoff_len": "训练序列的最大 token 数，超出部分会被截断。",
+    "max_samples": "每个数据集最多使用这么多行。",
+    "val_size": "留作评估损失的行：比例（0-1）或行数（>=1）。",
+    "learning_rate": "峰值学习率。",
+    "num_train_epochs": "遍历数据的轮数。",
+    "max_steps": "达到这么多优化步后停止（-1 表示按轮数）。",
+    "per_device_train_batch_size": "每个设备每步的行数。",
+    "gradient_accumulation_steps": "累加多少步的梯度后再更新一次参数。",
+    "lr_scheduler_type": "学习率调度方式。",
+    "warmup_ratio": "学习率预热所占步数的比例。",
+    "max_grad_norm": "梯度裁剪的范数上限（0 表示不裁剪）。",
+    "bf16": "使用 bfloat16 混合精度训练（Ampere 及更新的 GPU）。",
+    "fp16": "使用 float16 混合精度训练（较旧的 GPU）。",
+    "lora_rank": "LoRA 的秩 r。",
+    "lora_alpha": "LoRA 缩放系数 alpha（留空为 2 倍秩）。",
+    "lora_dropout": "LoRA 分支上的 dropout。",
+    "lora_target": "要适配的模块：all（所有线性层）或 q_proj,v_proj 这样的名称。",
+    "freeze_trainable_layers": "训练最后 N 层（负数表示最前面 N 层）。",
+    "freeze_trainable_modules": "这些层中要训练的模块：all 或 mlp,self_attn 这样的名称。",
+    "pref_beta": "DPO beta：策略模型可以偏离参考模型多远。",
+    "pref_loss": "DPO 损失函数。",
+    "optim": "优化器。",
+    "weight_decay": "AdamW 权重衰减。",
+    "warmup_steps": "预热步数（大于 0 时覆盖预热比例）。",
+    "gradient_checkpointing": "反向传播时重新计算激活：更省显存，约慢 30%。",
+    "logging_steps": "每 N 步记录一次损失。",
+    "save_steps": "每 N 步保存一个检查点。",
+    "eval_steps": "每 N 步评估一次（留空与保存间隔相同）。",
+    "save_total_limit": "最多保留 N 个检查点。",
+    "seed": "随机种子。",
+    "output_dir": "运行目录（留空为 runs/<阶段>-<方法>-<时间>）。",
+    "resume_from_checkpoint": "true 表示从输出目录中最新的完整检查点继续；或填写检查点路径。",
+}
+
+ZH_GROUPS = {
+    "model": "模型",
+    "method": "方法",
+    "data": "数据",
+    "basic": "训练",
+    "lora": "LoRA",
+    "freeze": "冻结训练",
+    "dpo": "偏好优化 (DPO)",
+    "advanced": "高级设置",
+}
+
+
+def en_label(name: str) -> str:
+    return EN_LABELS.get(name) or name.replace("_", " ").capitalize()
+
+
+def field_strings() -> dict[str, dict[str, str]]:
+    """{"field.<name>": label, "field.<name>.info": help, "group.<group>": title} in en and zh."""
+    table: dict[str, dict[str, str]] = {}
+    for name, spec in JobConfig.spec().items():
+        table[f"field.{name}"] = {"en": en_label(name), "zh": ZH_LABELS.get(name, en_label(name))}
+        table[f"field.{name}.info"] = {"en": spec.metadata["help"], "zh": ZH_HELP.get(name, spec.metadata["help"])}
+    for group, title in GROUPS.items():
+        table[f"group.{group}"] = {"en": title, "zh": ZH_GROUPS.get(group, title)}
+    return table

@@ -1,0 +1,135 @@
+"""Run events -> the tables and status line the Train tab shows (pure functions over pandas).
+
+The Train tab keeps one `LiveView` per browser session: the selected run, the byte offset read so
+far in its events.jsonl, and the rows accumulated from it. Each timer tick feeds the new events
+through `LiveView.feed`, so a long run costs a small read per tick, and a fresh view (page refresh,
+UI restart) rebuilds the whole curve from offset 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from app.jobs.manager import RunSummary
+
+LOSS_COLUMNS = ["step", "loss", "series"]
+LR_COLUMNS = ["step", "lr"]
+COMPARE_COLUMNS = ["step", "loss", "run"]
+RUN_COLUMNS = ["name", "state", "stage", "method", "dataset", "step", "loss"]
+
+
+@dataclass
+class LiveView:
+    run: str | None = None
+    offset: int = 0
+    logs: list[dict[str, Any]] = field(default_factory=list)  # step events with a loss
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    stage: dict[str, Any] | None = None  # the newest `stage` event
+    last_log: dict[str, Any] | None = None  # the newest step event (for speed, ETA, memory)
+    done: dict[str, Any] | None = None  # the `done` event of the newest attempt
+
+    def feed(self, events: Iterable[dict[str, Any]], offset: int) -> bool:
+        """Take the events read up to byte `offset`; True when anything new arrived."""
+        changed = False
+        for event in events:
+            changed = True
+            kind = event.get("kind")
+            if kind == "log" and not event.get("final") and event.get("loss") is not None:
+                self.logs.append({k: event.get(k) for k in ("step", "loss", "lr", "total_steps")})
+                self.last_log = event
+            elif kind == "eval" and event.get("eval_loss") is not None:
+                self.evals.append({"step": event.get("step"), "eval_loss": event["eval_loss"]})
+            elif kind == "stage":
+                self.stage = event
+                self.done = None  # a resumed run starts a new attempt
+            elif kind == "done":
+                self.done = event
+        self.offset = offset
+        return changed
+
+
+def _dedupe(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """One row per step, the newest winning (a resumed run may log a step again)."""
+    by_step: dict[Any, dict[str, Any]] = {}
+    for row in rows:
+        if row.get("step") is not None and row.get(key) is not None:
+            by_step[row["step"]] = row
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def loss_frame(view: LiveView) -> pd.DataFrame:
+    """Train and eval loss on one plot: columns step, loss, series."""
+    rows = [{"step": r["step"], "loss": float(r["loss"]), "series": "train"} for r in _dedupe(view.logs, "loss")]
+    rows += [{"step": r["step"], "loss": float(r["eval_loss"]), "series": "eval"}
+             for r in _dedupe(view.evals, "eval_loss")]
+    return pd.DataFrame(rows, columns=LOSS_COLUMNS)
+
+
+def lr_frame(view: LiveView) -> pd.DataFrame:
+    rows = [{"step": r["step"], "lr": float(r["lr"])} for r in _dedupe(view.logs, "lr")]
+    return pd.DataFrame(rows, columns=LR_COLUMNS)
+
+
+def compare_frame(runs: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
+    """Training loss of several runs (name -> events) on one plot: columns step, loss, run."""
+    rows = []
+    for name, events in runs.items():
+        view = LiveView(run=name)
+        view.feed(events, 0)
+        rows += [{"step": r["step"], "loss": float(r["loss"]), "run": name} for r in _dedupe(view.logs, "loss")]
+    return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def status_line(view: LiveView, state: dict[str, Any]) -> str:
+    """state · stage message · step/total · tokens/s · ETA · memory (Markdown, one line)."""
+    current = state.get("state")
+    if view.done and current in ("running", "queued", None):
+        current = view.done.get("state", current)  # the worker writes its end before state.json
+    current = current or "?"
+    parts = [f"**{view.run}**: **{current}**"]
+    if view.stage and current in ("running", "queued"):
+        parts.append(str(view.stage.get("message") or view.stage.get("name", "")))
+    log = view.last_log
+    if log:
+        total = log.get("total_steps")
+        parts.append(f"step {log.get('step')}/{total}" if total else f"step {log.get('step')}")
+        if log.get("loss") is not None:
+            parts.append(f"loss {float(log['loss']):.4f}")
+        if current == "running":
+            if log.get("tokens_per_s") is not None:
+                parts.append(f"{float(log['tokens_per_s']):,.0f} tok/s")
+            if log.get("eta_s") is not None:
+                parts.append(f"ETA {format_duration(log['eta_s'])}")
+        if log.get("mem_mb") is not None:
+            parts.append(f"mem {float(log['mem_mb']) / 1024:.2f} GiB")
+    error = (view.done or {}).get("error") or state.get("error")
+    if current == "failed" and error:
+        parts.append(f"error: {error}")
+    return " · ".join(parts)
+
+
+def runs_frame(summaries: list[RunSummary]) -> pd.DataFrame:
+    rows = []
+    for s in summaries:
+        step = "" if s.step is None else f"{s.step}/{s.total_steps}" if s.total_steps else str(s.step)
+        loss = "" if s.loss is None else f"{s.loss:.4f}"
+        rows.append([s.name, s.state, s.stage, s.method, s.dataset, step, loss])
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def memory_frame(estimate: Any) -> pd.DataFrame:
+    """A MemoryEstimate as a small table: part, MB."""
+    return pd.DataFrame([[part, round(mb, 1)] for part, mb in estimate.rows()], columns=["part", "MB"])

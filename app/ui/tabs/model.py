@@ -1,0 +1,105 @@
+"""Model tab: where the base model comes from, what it is, and what this machine can train it on."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import gradio as gr
+import psutil
+
+from app.config import ConfigError
+from app.models.hardware import Hardware
+from app.models.info import ModelInfo
+from app.models.source import ModelSourceError
+from app.train.memory import trainable_parameters
+from app.ui.components import field_group
+from app.ui.context import MODEL_SOURCES, StudioContext, model_name
+from app.ui.forms import estimate_job, form_fields
+
+HARDWARE_REFRESH_S = 5.0
+
+
+def info_markdown(info: ModelInfo, trainable: int | None, method: str) -> str:
+    rows = [
+        ("Architecture", f"{info.architecture} (`{info.model_type}`)"),
+        ("Parameters", f"{info.n_params:,} ({info.n_params / 1e6:,.1f} M)"),
+        ("Layers / hidden / heads", f"{info.n_layers} / {info.hidden_size} / {info.n_heads} ({info.n_kv_heads} KV)"),
+        ("Context length", f"{info.context_length:,} tokens"),
+        ("Vocabulary", f"{info.vocab_size:,}"),
+        ("Stored as", info.dtype),
+        ("LoRA targets on offer", ", ".join(f"`{k}`" for k in info.linear_kinds)),
+    ]
+    if trainable is not None:
+        share = 100 * trainable / max(info.n_params, 1)
+        rows.append((f"Trainable ({method})", f"{trainable:,} ({share:.2f}%)"))
+    lines = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    return f"`{info.path}`\n\n" + "\n".join(lines)
+
+
+def hardware_markdown(hw: Hardware) -> str:
+    if hw.gpus:
+        lines = ["| GPU | memory used | utilisation |", "|---|---|---|"]
+        for g in hw.gpus:
+            busy = "?" if g.utilization_pct is None else f"{g.utilization_pct}%"
+            lines.append(f"| {g.index}: {g.name} | {g.used_mb / 1024:.1f} / {g.total_mb / 1024:.1f} GiB | {busy} |")
+        return "\n".join(lines)
+    why = f" ({hw.nvml_error})" if hw.nvml_error else ""
+    used = hw.ram_total_mb - hw.ram_available_mb
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"**CPU only**{why}\n\n| CPU | RAM used | CPU busy | load (1, 5, 15 min) |\n|---|---|---|---|\n"
+            f"| {hw.cpu_cores} cores {hw.cpu_name} | {used / 1024:.1f} / {hw.ram_total_mb / 1024:.1f} GiB "
+            f"| {psutil.cpu_percent():.0f}% | {load} |")
+
+
+def build(ctx: StudioContext) -> None:
+    with gr.Row():
+        source = ctx.make(gr.Radio, "model.source", value="embedded", scale=2, elem_id="model-source",
+                          choice_keys=[(f"model.source.{s}", s) for s in MODEL_SOURCES])
+        path = ctx.make(gr.Textbox, "model.path", value="", interactive=False, scale=3, elem_id="model-path")
+        load = ctx.make(gr.Button, "model.load", variant="primary", scale=1, elem_id="model-load")
+    ctx.shared["model_source"], ctx.shared["model_path"] = source, path
+    with ctx.make(gr.Accordion, "model.settings", open=False):
+        field_group(ctx, "model", columns=4, skip=("model_name_or_path",))
+    with gr.Row():
+        with gr.Column(scale=1):
+            info = gr.Markdown(ctx.t("model.hint"), elem_id="model-info")  # not re-labelled: holds results
+        with gr.Column(scale=1):
+            template = ctx.make(gr.Code, "model.template", language="jinja2", lines=12, max_lines=24,
+                                interactive=False, elem_id="model-template")
+    with ctx.make(gr.Accordion, "model.hardware", open=True):
+        hardware = gr.Markdown(hardware_markdown(ctx.hardware()), elem_id="model-hardware")
+    timer = gr.Timer(HARDWARE_REFRESH_S)
+    timer.tick(lambda: hardware_markdown(ctx.hardware()), outputs=hardware, show_progress="hidden",
+               queue=False, api_visibility="private")
+
+    def pick_source(choice: str) -> Any:
+        return gr.update(interactive=choice != "embedded")
+
+    source.change(pick_source, source, path, show_progress="hidden", api_visibility="private")
+
+    def load_info(src: str, where: str, *values: Any) -> tuple[str, str]:
+        name = model_name(src, where)
+        if src != "embedded" and not name:
+            return "⚠ " + ctx.t("model.path"), ""
+        try:
+            info = ctx.model_info(name)
+        except ModelSourceError as exc:
+            return f"⚠ {exc}", ""
+        except Exception as exc:  # noqa: BLE001 - a broken folder: the message, never a traceback
+            return f"⚠ Could not read model '{name}': {type(exc).__name__}: {exc}", ""
+        trainable, method = None, "lora"
+        try:
+            job = estimate_job(dict(zip(form_fields(), values)), name, ctx.dataset_dir, ctx.runs_dir)
+            trainable = trainable_parameters(info, job)
+            method = job.finetuning_type + (f", r={job.lora_rank}, {job.lora_target}"
+                                            if job.finetuning_type == "lora" else "")
+        except ConfigError:
+            pass
+        return info_markdown(info, trainable, method), info.chat_template or "(no chat template)"
+
+    def wire() -> None:  # the LoRA controls live in the Train tab, built after this one
+        fields = [ctx.fields[n] for n in form_fields()]
+        load.click(load_info, [source, path, *fields], [info, template], api_visibility="private")
+
+    ctx.after_build(wire)
