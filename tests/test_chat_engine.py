@@ -181,6 +181,20 @@ def test_run_folder_resolves_to_its_adapter(engine: ChatEngine, adapters, tmp_pa
         engine.generate(HELLO, model="a", max_new_tokens=8).text
 
 
+def test_checkpoint_without_tokenizer_uses_the_jobs_template(engine: ChatEngine, adapters, tmp_path: Path):
+    run = tmp_path / "run-alpaca"
+    checkpoint = run / "checkpoints" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(adapters["a"] / name, checkpoint / name)
+    JobConfig(template="alpaca").save(run / "job.yaml")
+    source = resolve_adapter(checkpoint)
+    assert source.run == run.resolve() and source.template == "alpaca" and not source.has_tokenizer
+    engine.add_adapter("ckpt", checkpoint)
+    prompt = engine.tokenizer_for("ckpt").decode(engine.prompt_ids(HELLO, "ckpt"))
+    assert "### Instruction" in prompt and "<|im_start|>" not in prompt
+
+
 def test_bad_paths_and_mismatched_base(engine: ChatEngine, adapters, tmp_path: Path):
     pending = tmp_path / "pending"
     pending.mkdir()

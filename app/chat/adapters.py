@@ -3,7 +3,10 @@
     runs/<name>/            job.yaml + adapter/       (a training run; its adapter/ is what we load)
     runs/<name>/adapter/    adapter_config.json + adapter_model.safetensors + tokenizer   (LoRA)
     runs/<name>/adapter/    config.json + model.safetensors + tokenizer   (full or freeze fine-tuning)
-    runs/<name>/checkpoints/checkpoint-N/   a LoRA checkpoint (tokenizer usually absent)
+    runs/<name>/checkpoints/checkpoint-N/   a LoRA checkpoint
+
+Prompts are rendered with the tokenizer saved in the folder (it carries the training chat template);
+a folder without one falls back to the base tokenizer with the job's `template` applied.
 """
 
 from __future__ import annotations
@@ -30,22 +33,32 @@ class AdapterSource:
     kind: Literal["lora", "full"]
     run: Path | None = None  # the run folder, when one was given
     trained_on: list[str] | None = None  # base model names the adapter claims (adapter_config, job.yaml)
+    template: str | None = None  # the job's `template`, for adapter folders saved without a tokenizer
 
     @property
     def has_tokenizer(self) -> bool:
         return (self.path / "tokenizer_config.json").is_file() or (self.path / "tokenizer.json").is_file()
 
 
-def _job_model(run: Path) -> str | None:
-    """The job's model_name_or_path ("" for the embedded default), or None when job.yaml is unreadable."""
-    if not (run / "job.yaml").is_file():
-        return None
+def _job_fields(run: Path | None) -> tuple[str | None, str | None]:
+    """The job's (model_name_or_path, template); the model is "" for the embedded default, None if unknown."""
+    if run is None or not (run / "job.yaml").is_file():
+        return None, None
     try:
         from app.train.runfolder import RunFolder
 
-        return RunFolder(run).job().model_name_or_path or ""
+        job = RunFolder(run).job()
     except Exception:  # a job.yaml from a newer/older schema must not block chatting with its adapter
-        return None
+        return None, None
+    return job.model_name_or_path or "", job.template
+
+
+def _owning_run(folder: Path) -> Path | None:
+    """The run folder that holds runs/<name>/adapter or runs/<name>/checkpoints/checkpoint-N."""
+    for parent in (folder.parent, folder.parent.parent):
+        if (parent / "job.yaml").is_file():
+            return parent
+    return None
 
 
 def _run_state(run: Path) -> str:
@@ -72,16 +85,18 @@ def resolve_adapter(path: str | Path) -> AdapterSource:
             raise AdapterError(f"'{path}' is neither a run folder (job.yaml + adapter/), a LoRA adapter "
                                "folder (adapter_config.json) nor a model folder (config.json).")
     folder = folder.resolve()
+    run = run.resolve() if run else _owning_run(folder)
+    job_model, template = _job_fields(run)
     if (folder / "adapter_config.json").is_file():
         claimed = []
         config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
         if config.get("base_model_name_or_path"):
             claimed.append(str(config["base_model_name_or_path"]))
-        if run is not None and (job_model := _job_model(run)) is not None:
+        if job_model is not None:
             claimed.append(job_model)
-        return AdapterSource(folder, "lora", run.resolve() if run else None, claimed or None)
+        return AdapterSource(folder, "lora", run, claimed or None, template)
     if (folder / "config.json").is_file():
-        return AdapterSource(folder, "full", run.resolve() if run else None)
+        return AdapterSource(folder, "full", run, None, template)
     raise AdapterError(f"'{folder}' holds neither adapter_config.json (LoRA) nor config.json (full model).")
 
 

@@ -27,13 +27,12 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     PreTrainedModel,
-    StoppingCriteria,
     StoppingCriteriaList,
     TextIteratorStreamer,
 )
 
-from app.chat.adapters import AdapterError, BaseMismatchError, base_matches, resolve_adapter
-from app.chat.stops import StopFilter
+from app.chat.adapters import AdapterError, AdapterSource, BaseMismatchError, base_matches, resolve_adapter
+from app.chat.stops import CancelFlag, StopFilter, StopOnText
 from app.models.source import EMBEDDED_ID, is_embedded, resolve_model_path
 
 log = logging.getLogger(__name__)
@@ -80,33 +79,6 @@ class _Request:
     @property
     def prompt_tokens(self) -> int:
         return int(self.inputs["input_ids"].shape[1])
-
-
-class _Cancel(StoppingCriteria):
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-class _StopOnText(StoppingCriteria):
-    """Stop once the decoded tail of the reply holds a stop string.
-
-    transformers' own `stop_strings` re-scans the whole vocabulary on every request (seconds for a 49k
-    vocabulary); decoding the last few tokens costs microseconds. The tail is decoded exactly as the
-    reply text is (special tokens skipped), so this agrees with StopFilter, which cuts the text.
-    """
-
-    def __init__(self, tokenizer: Any, stops: list[str], prompt_len: int):
-        self.tokenizer, self.stops, self.prompt_len = tokenizer, stops, prompt_len
-        self.window = max(len(s) for s in stops) + 8  # tokens; every visible token is >= 1 character
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        start = max(self.prompt_len, input_ids.shape[1] - self.window)
-        tail = self.tokenizer.decode(input_ids[0, start:], skip_special_tokens=True)
-        hit = any(stop in tail for stop in self.stops)
-        return torch.full((input_ids.shape[0],), hit, dtype=torch.bool, device=input_ids.device)
 
 
 def pick_device(device: str | None) -> str:
@@ -162,7 +134,7 @@ class ChatEngine:
         if name in self._targets:
             raise ValueError(f"The name '{name}' is already taken (loaded: {', '.join(self.names())}).")
         source = resolve_adapter(path)
-        tokenizer = _load_tokenizer(source.path) if source.has_tokenizer else self.tokenizer
+        tokenizer = self._tokenizer_for_source(source)
         if source.kind == "full":
             model = AutoModelForCausalLM.from_pretrained(source.path, dtype=self.dtype).to(self.device).eval()
             self._targets[name] = _Target(tokenizer, model=model, path=source.path)
@@ -189,6 +161,18 @@ class ChatEngine:
             self._peft.to(self.device).eval()
         self._targets[name] = _Target(tokenizer, peft_name=peft_name, path=source.path)
         return name
+
+    def _tokenizer_for_source(self, source: AdapterSource) -> Any:
+        """The folder's own tokenizer; else the base's, with the job's template when it named one."""
+        if source.has_tokenizer:
+            return _load_tokenizer(source.path)
+        if not source.template:
+            return self.tokenizer
+        from app.data.render import resolve_template
+
+        tokenizer = _load_tokenizer(self.base_path)
+        resolve_template(tokenizer, source.template)
+        return tokenizer
 
     def tokenizer_for(self, model: str | None = None) -> Any:
         return self._target(model).tokenizer
@@ -257,9 +241,9 @@ class ChatEngine:
                         max_new_tokens, eos_ids)
 
     def _run(self, request: _Request, cancel: threading.Event, streamer: Any = None) -> list[int]:
-        criteria = StoppingCriteriaList([_Cancel(cancel)])
+        criteria = StoppingCriteriaList([CancelFlag(cancel)])
         if request.stop:
-            criteria.append(_StopOnText(request.target.tokenizer, request.stop, request.prompt_tokens))
+            criteria.append(StopOnText(request.target.tokenizer, request.stop, request.prompt_tokens))
         with self._lock:
             if request.seed is not None:
                 torch.manual_seed(request.seed)
