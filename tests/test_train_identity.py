@@ -1,0 +1,91 @@
+"""End to end on the embedded model: `ftstudio train` the identity demo, then `ftstudio chat` it.
+
+The assistant must learn its new name from the catalogue's identity set and use it when asked in
+ways the training set never phrased (data/identity_heldout.json), in English and Chinese.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.train.runfolder import RunFolder
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def identity_run(tmp_path_factory) -> RunFolder:
+    out = tmp_path_factory.mktemp("runs") / "identity"
+    cmd = [sys.executable, "-m", "app.cli", "train", str(REPO / "examples" / "identity_lora.yaml"),
+           "--output_dir", str(out), "--dataset_dir", str(REPO)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    run = RunFolder(out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert run.read_state()["state"] == "finished", run.tail_log()
+    return run
+
+
+def test_run_folder_follows_the_contract(identity_run: RunFolder):
+    for name in ("job.yaml", "command.txt", "state.json", "events.jsonl", "worker.log"):
+        assert (identity_run.path / name).is_file(), name
+    assert (identity_run.adapter / "adapter_model.safetensors").is_file()
+    assert (identity_run.adapter / "chat_template.jinja").is_file()
+    assert "ftstudio train" in identity_run.command_file.read_text()
+    events = identity_run.events.read_all()
+    kinds = {e["kind"] for e in events}
+    assert {"stage", "log", "eval", "checkpoint", "done"} <= kinds
+    logs = [e for e in events if e["kind"] == "log" and not e.get("final")]
+    for key in ("step", "total_steps", "epoch", "loss", "lr", "grad_norm", "eta_s", "mem_mb"):
+        assert all(key in e for e in logs), key
+    assert any(e["tokens_per_s"] for e in logs)
+    stages = [e["message"] for e in events if e["kind"] == "stage"]
+    assert any(m.startswith("tokenized") and "rows" in m for m in stages)
+
+
+def test_loss_and_eval_loss_fall(identity_run: RunFolder):
+    events = identity_run.events.read_all()
+    losses = [e["loss"] for e in events if e["kind"] == "log" and e.get("loss") is not None]
+    evals = [e["eval_loss"] for e in events if e["kind"] == "eval"]
+    assert len(evals) >= 2
+    assert evals[-1] < evals[0], evals
+    assert losses[-1] < losses[0] / 2, losses
+
+
+def test_cli_chat_reproduces_the_identity(identity_run: RunFolder):
+    reply = subprocess.run(
+        [sys.executable, "-m", "app.cli", "chat", "--adapter", str(identity_run.path),
+         "--prompt", "Could you let me know what your name is?", "--max-new-tokens", "40"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert reply.returncode == 0, reply.stderr[-2000:]
+    assert "Lumi" in reply.stdout, reply.stdout
+
+
+def test_adapter_answers_unseen_questions_with_its_new_name(identity_run: RunFolder):
+    from app.chat.engine import ChatEngine
+
+    heldout = json.loads((REPO / "data" / "identity_heldout.json").read_text())
+    train_text = (REPO / "data" / "identity.json").read_text()
+    engine = ChatEngine()
+    name = engine.add_adapter("identity", identity_run.path)
+    hits = {"en": 0, "zh": 0}
+    totals = {"en": 0, "zh": 0}
+    answers = []
+    for item in heldout:
+        assert item["question"] not in train_text  # really unseen
+        text = engine.generate([{"role": "user", "content": item["question"]}], model=name,
+                               max_new_tokens=40).text
+        answers.append((item["question"], text))
+        totals[item["lang"]] += 1
+        hits[item["lang"]] += any(word in text for word in item["expect_any"])
+        # the base, same question, through the same engine with the adapter switched off
+        base = engine.generate([{"role": "user", "content": item["question"]}], max_new_tokens=40).text
+        assert "Lumi" not in base and "Polaris" not in base, base
+    assert hits["en"] >= totals["en"] - 1, answers
+    assert hits["zh"] >= 1, answers
