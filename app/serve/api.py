@@ -8,6 +8,7 @@ the event loop through an asyncio queue, so streaming never blocks other request
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import os
@@ -142,6 +143,11 @@ def create_app(engine: ChatEngine, api_key: str | None = None, max_queue: int = 
         return JSONResponse(error_body(str(exc.detail), kind, code=kind if exc.status_code == 404 else None),
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(error_body(f"Internal error: {type(exc).__name__}: {exc}", "server_error"),
+                            status_code=500)
+
     async def check_key(request: Request) -> None:
         if key is None:
             return
@@ -178,7 +184,7 @@ def create_app(engine: ChatEngine, api_key: str | None = None, max_queue: int = 
         return model_card(model_id)
 
     @v1.post("/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    async def chat_completions(body: ChatCompletionRequest) -> Response:
         if problem := body.unsupported():
             raise problem
         if body.model not in engine.names():
@@ -189,10 +195,11 @@ def create_app(engine: ChatEngine, api_key: str | None = None, max_queue: int = 
             temperature = 0.0  # only the most likely token survives: greedy
         start = time.perf_counter()
         try:
-            result = engine.stream(
-                body.template_messages(), model=body.model, temperature=temperature, top_p=top_p,
+            # Rendering and tokenizing a long conversation takes milliseconds: off the event loop.
+            result = await asyncio.to_thread(functools.partial(
+                engine.stream, body.template_messages(), model=body.model, temperature=temperature, top_p=top_p,
                 max_new_tokens=body.max_completion_tokens or body.max_tokens or default_max_tokens,
-                stop=body.stop_list, seed=body.seed)
+                stop=body.stop_list, seed=body.seed))
         except ContextLengthError as exc:
             raise OpenAIError(400, str(exc), param="messages", code="context_length_exceeded") from exc
         except UnknownModelError as exc:
