@@ -84,6 +84,24 @@ def one_stream(url: str, model: str, max_tokens: int) -> StreamStats:
     return StreamStats(ttft if ttft is not None else total, total, tokens)
 
 
+def direct_row(model: str | None, max_tokens: int) -> dict:
+    """The same request on a ChatEngine in this process: the floor under the HTTP numbers."""
+    from app.chat.engine import ChatEngine
+
+    engine = ChatEngine(model)
+    "".join(engine.stream(PROMPT, max_new_tokens=4))  # warm-up
+    start = time.perf_counter()
+    result = engine.stream(PROMPT, max_new_tokens=max_tokens)
+    ttft = None
+    for _ in result:
+        ttft = ttft if ttft is not None else time.perf_counter() - start
+    total = time.perf_counter() - start
+    tokens = result.generation.completion_tokens if result.generation else 0
+    stats = StreamStats(ttft or total, total, tokens)
+    return {"clients": "engine", "ttft_p50_s": stats.ttft, "ttft_max_s": stats.ttft,
+            "decode_tok_s": stats.decode_tps, "aggregate_tok_s": tokens / total, "tokens": tokens, "wall_s": total}
+
+
 def run_level(url: str, model: str, clients: int, max_tokens: int) -> dict:
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
@@ -107,7 +125,9 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--clients", default="1,4,16", help="comma-separated concurrency levels")
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    parser.add_argument("--no-direct", action="store_true", help="skip the in-process engine baseline row")
     args = parser.parse_args()
+    baseline = [] if args.no_direct else [direct_row(args.model, args.max_tokens)]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     started = time.perf_counter()
@@ -116,7 +136,7 @@ def main() -> int:
         load_s = time.perf_counter() - started
         model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
         one_stream(url, model, 4)  # warm-up: first-call allocations
-        rows = [run_level(url, model, int(n), args.max_tokens) for n in args.clients.split(",")]
+        rows = baseline + [run_level(url, model, int(n), args.max_tokens) for n in args.clients.split(",")]
     finally:
         server.terminate()
         server.wait(30)
