@@ -31,6 +31,7 @@ SCHEDULERS = (
 )
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_8bit", "paged_adamw_8bit")
 PREF_LOSSES = ("sigmoid", "ipo", "hinge")
+DISTRIBUTED_STRATEGIES = ("auto", "none", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3")
 
 GROUPS = {
     "model": "Model",
@@ -40,13 +41,13 @@ GROUPS = {
     "lora": "LoRA",
     "freeze": "Freeze",
     "dpo": "Preference (DPO)",
+    "distributed": "Multi-GPU",
     "advanced": "Advanced",
 }
 
 # LLaMA-Factory keys that change what is trained and that the studio does not implement yet:
 # loading a YAML with one of these is an error that says so, never a silent difference.
 UNSUPPORTED_KEYS = {
-    "deepspeed": "DeepSpeed configs are not supported yet",
     "use_unsloth": "Unsloth is not supported",
     "rope_scaling": "RoPE scaling is not supported yet",
     "neftune_noise_alpha": "NEFTune is not supported yet",
@@ -156,13 +157,31 @@ class JobConfig:
     # DPO
     pref_beta: float = param(0.1, "DPO beta: how far the policy may move from the reference.", "dpo",
                              minimum=0, exclusive_min=True)
-    pref_loss: str = param("sigmoid", "DPO loss.", "dpo", PREF_LOSSES)
+    pref_loss: str = param("sigmoid", "DPO loss: sigmoid (the DPO paper), ipo (squared, less prone to "
+                           "overfitting), hinge (SLiC).", "dpo", PREF_LOSSES)
+    # distributed
+    distributed_strategy: str = param(
+        "auto", "How several processes share the work. auto: ddp when more than one GPU is visible (or "
+        "num_processes > 1), else a single process; ddp: a full copy per GPU; fsdp: weights, gradients "
+        "and optimizer sharded across GPUs; deepspeed_zero2 / deepspeed_zero3: DeepSpeed ZeRO (needs "
+        "`pip install deepspeed`).", "distributed", DISTRIBUTED_STRATEGIES)
+    num_processes: int | None = param(
+        None, "Training processes (one per GPU); empty = every visible GPU. On a machine without a GPU, "
+        "a number > 1 with ddp or fsdp runs that many CPU processes.", "distributed", minimum=1)
+    offload: bool = param(False, "Keep optimizer states (and, with fsdp / ZeRO-3, parameters) in CPU memory: "
+                          "less GPU memory, slower steps.", "distributed")
+    deepspeed: str | None = param(
+        None, "Path to a DeepSpeed JSON config (LLaMA-Factory's key); used as is instead of the generated "
+        "ZeRO config. Implies a DeepSpeed strategy.", "distributed")
     # advanced
     optim: str = param("adamw_torch", "Optimizer.", "advanced", OPTIMIZERS)
     weight_decay: float = param(0.0, "AdamW weight decay.", "advanced", minimum=0)
     warmup_steps: int = param(0, "Warm-up steps (overrides warmup_ratio when > 0).", "advanced", minimum=0)
     gradient_checkpointing: bool = param(False, "Recompute activations in the backward pass: less "
                                          "memory, ~30% slower.", "advanced")
+    padding_free: bool = param(True, "Flatten each batch into one sequence with per-row boundaries: no compute "
+                               "spent on padding. Off: rows are padded to the longest in the batch. (SFT and "
+                               "pre-training; DPO always pads.)", "advanced")
     logging_steps: int = param(5, "Log loss every N steps.", "advanced", minimum=1)
     save_steps: int = param(50, "Save a checkpoint every N steps.", "advanced", minimum=1)
     eval_steps: int | None = param(None, "Eval every N steps (empty = save_steps).", "advanced", minimum=1)
@@ -272,6 +291,12 @@ class JobConfig:
         if self.quantization_bit is not None and self.finetuning_type != "lora":
             problems.append(f"quantization_bit: quantized training needs finetuning_type lora, "
                             f"got {self.finetuning_type}")
+        if self.deepspeed is not None and self.distributed_strategy in ("none", "ddp", "fsdp"):
+            problems.append(f"deepspeed: a DeepSpeed config needs distributed_strategy auto, deepspeed_zero2 or "
+                            f"deepspeed_zero3, got {self.distributed_strategy}")
+        if self.quantization_bit is not None and self.distributed_strategy in ("fsdp", "deepspeed_zero3"):
+            problems.append(f"quantization_bit: QLoRA cannot be sharded with {self.distributed_strategy}; "
+                            f"use ddp or deepspeed_zero2")
         if not [d for d in self.datasets if d]:
             problems.append("dataset: name at least one catalogue dataset")
         if self.val_size >= 1 and not float(self.val_size).is_integer():
@@ -323,8 +348,9 @@ class JobConfig:
     def with_run_folder(self, runs_root: str | Path = "runs") -> JobConfig:
         """A copy whose output_dir and dataset_dir are absolute, naming a new run when empty."""
         out = self.output_dir or str(Path(runs_root) / default_run_name(self))
+        deepspeed = str(Path(self.deepspeed).expanduser().resolve()) if self.deepspeed else None
         return self.replace(output_dir=str(Path(out).expanduser().resolve()),
-                            dataset_dir=str(Path(self.dataset_dir).expanduser().resolve()))
+                            dataset_dir=str(Path(self.dataset_dir).expanduser().resolve()), deepspeed=deepspeed)
 
     def cli_args(self) -> list[str]:
         """Flags that reproduce this job with `ftstudio train` (only the values that differ)."""

@@ -7,7 +7,7 @@ import shlex
 import pytest
 
 from app.cli import build_job, build_parser
-from app.config import ConfigError, JobConfig
+from app.config import GROUPS, ConfigError, JobConfig
 
 LF_YAML = """
 ### model
@@ -109,7 +109,12 @@ def test_yaml_1_1_exponent_without_dot_is_a_number():
         ({"dataset": " , "}, "dataset: name at least one catalogue dataset"),
         ({"val_size": 2.5}, "val_size: a count must be whole, got 2.5"),
         ({"learning_rat": 1e-4}, "learning_rat: unknown key (did you mean learning_rate?)"),
-        ({"deepspeed": "ds_z3.json"}, "deepspeed: known LLaMA-Factory key, not supported yet"),
+        ({"use_galore": True}, "use_galore: known LLaMA-Factory key, not supported yet"),
+        ({"distributed_strategy": "horovod"}, "distributed_strategy: must be one of auto, none, ddp, fsdp"),
+        ({"num_processes": 0}, "num_processes: must be >= 1, got 0"),
+        ({"deepspeed": "ds_z3.json", "distributed_strategy": "fsdp"},
+         "deepspeed: a DeepSpeed config needs distributed_strategy auto"),
+        ({"quantization_bit": 4, "distributed_strategy": "fsdp"}, "quantization_bit: QLoRA cannot be sharded"),
         ({"use_dora": True}, "use_dora: known LLaMA-Factory key, not supported yet"),
         ({"stage": None}, "stage: must not be empty"),
     ],
@@ -155,4 +160,11 @@ def test_cli_flags_override_the_yaml(tmp_path):
 def test_every_field_has_help_and_a_group():
     for name, f in JobConfig.spec().items():
         assert f.metadata["help"], name
-        assert f.metadata["group"] in ("model", "method", "data", "basic", "lora", "freeze", "dpo", "advanced")
+        assert f.metadata["group"] in GROUPS, name
+
+
+def test_llamafactory_deepspeed_key_is_a_field(tmp_path):
+    job = JobConfig.from_yaml_text("deepspeed: examples/ds_z3.json\nstage: sft\n")
+    assert job.deepspeed == "examples/ds_z3.json" and job.distributed_strategy == "auto"
+    resolved = job.replace(output_dir=str(tmp_path / "run")).with_run_folder()
+    assert resolved.deepspeed.endswith("examples/ds_z3.json") and resolved.deepspeed.startswith("/")

@@ -1,4 +1,23 @@
-"""A trainer callback that turns the Trainer's progress into run-folder events, and obeys Stop."""
+"""A trainer callback that turns the Trainer's progress into run-folder events, and obeys Stop.
+
+Event schema (events.jsonl; every line also has "t" and "kind"; new keys may appear, none is renamed):
+
+    stage       name (validating | launching | loading_model | tokenizing | model_ready | training | saving),
+                message; optional: level ("warning"), rows, trainable_params, total_params, device,
+                world_size, strategy, resumed_from
+    log         step, total_steps, epoch, loss, lr, grad_norm, tokens_per_s (real, non-padding tokens
+                per second over all processes), eta_s, mem_mb (this process: peak GPU memory, or RSS
+                on CPU); final: true on the Trainer's closing summary (train_loss, no loss).
+                Extra numbers a trainer reports ride along, "/" turned into "_":
+                  SFT / PT: entropy, mean_token_accuracy
+                  DPO:      rewards_chosen, rewards_rejected (beta x policy-minus-reference log-prob of the
+                            chosen / rejected answer), rewards_margins (chosen - rejected),
+                            rewards_accuracies (share of pairs with chosen > rejected), logps_chosen,
+                            logps_rejected, logits_chosen, logits_rejected, entropy, mean_token_accuracy
+    eval        step, eval_loss (+ every other eval_* number, e.g. eval_rewards_margins for DPO)
+    checkpoint  step, path
+    done        state (finished | stopped | failed), error
+"""
 
 from __future__ import annotations
 
@@ -45,7 +64,13 @@ class EventCallback(TrainerCallback):
         self.first_step_time = self.started
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.stop.requested:
+        requested = self.stop.requested
+        if args.world_size > 1:  # every rank stops after the same step, or the collectives deadlock
+            from app.train.distributed import any_rank
+
+            requested = any_rank(requested, args.device)
+            self.stop.requested = requested
+        if requested:
             control.should_save = True
             control.should_training_stop = True
         return control

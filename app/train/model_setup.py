@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,33 +33,53 @@ def load_tokenizer(model_dir: Path, template: str | None):
     return tokenizer
 
 
+QLORA_CPU_WARNING = ("quantization_bit={bits} on CPU: bitsandbytes runs it without fused kernels (several "
+                     "times slower than LoRA on the unquantized model); QLoRA pays off on a CUDA GPU")
+
+
+def quantized_compute_dtype(job: JobConfig) -> torch.dtype:
+    """The dtype 4-bit weights are dequantized to for each matmul: bf16 on CUDA (fp16 when asked, or
+    when the GPU lacks bf16), float32 on CPU unless the job asks for bf16."""
+    if job.fp16:
+        return torch.float16
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if job.bf16 else torch.float32
+
+
 def quantization_config(job: JobConfig):
+    """NF4 (or FP4) with double quantization for 4 bits, LLM.int8 for 8 bits; None without quantization."""
     if job.quantization_bit is None:
         return None
     from transformers import BitsAndBytesConfig
 
-    if not torch.cuda.is_available():
-        log.warning("quantization_bit=%s on CPU: bitsandbytes runs it, slowly, without fused kernels",
-                    job.quantization_bit)
     if job.quantization_bit == 4:
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=job.quantization_type,
             bnb_4bit_use_double_quant=job.double_quantization,
-            bnb_4bit_compute_dtype=torch.bfloat16 if job.bf16 else torch.float32 if not job.fp16 else torch.float16,
+            bnb_4bit_compute_dtype=quantized_compute_dtype(job),
         )
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def load_model(job: JobConfig, model_dir: Path) -> PreTrainedModel:
+def load_model(job: JobConfig, model_dir: Path, warn: Callable[[str], None] | None = None) -> PreTrainedModel:
+    """Load the base for training; `warn` receives messages the user should see (a `stage` event)."""
     quant = quantization_config(job)
     # Mixed precision keeps fp32 master weights for everything trainable; a frozen base can live in
     # the compute dtype (LoRA, freeze), full fine-tuning keeps fp32 weights under autocast.
     dtype = compute_dtype(job) if job.finetuning_type != "full" else torch.float32
     kwargs: dict = {"dtype": dtype}
     if quant is not None:
+        if not torch.cuda.is_available():
+            message = QLORA_CPU_WARNING.format(bits=job.quantization_bit)
+            log.warning(message)
+            if warn is not None:
+                warn(message)
         kwargs["quantization_config"] = quant
-        kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
+        # bitsandbytes places the weights at load time: on this rank's GPU (LOCAL_RANK under a launcher)
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        kwargs["device_map"] = {"": local_rank} if torch.cuda.is_available() else {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     model.config.use_cache = False  # training: no KV cache (also keeps flattened batches isolated)
     return model

@@ -67,9 +67,21 @@ def prepare_data(job: JobConfig, tokenizer) -> Prepared:
 
 def trainer_arguments(job: JobConfig, output_dir: Path, has_eval: bool) -> dict:
     """Arguments shared by every TRL trainer config, from the job."""
+    from app.train import distributed
+
     on_gpu = torch.cuda.is_available()
     eval_steps = job.eval_steps or job.save_steps
-    return dict(
+    extra: dict = {}
+    if distributed.world_size() > 1 or job.distributed_strategy in ("fsdp", "deepspeed_zero2", "deepspeed_zero3"):
+        plan = distributed.plan_for(job)
+        extra = distributed.fsdp_arguments(job, plan)
+        ds_file = distributed.deepspeed_file(job, output_dir.parent)
+        if plan.strategy == "deepspeed" and ds_file is not None:
+            extra["deepspeed"] = str(ds_file)
+        if plan.strategy == "fsdp" and not on_gpu:
+            distributed.force_fsdp_on_cpu()
+        extra["ddp_find_unused_parameters"] = False  # every trainable weight takes part in each step
+    return extra | dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=job.per_device_train_batch_size,
         per_device_eval_batch_size=job.per_device_train_batch_size,
@@ -93,6 +105,7 @@ def trainer_arguments(job: JobConfig, output_dir: Path, has_eval: bool) -> dict:
         save_total_limit=job.save_total_limit,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=eval_steps if has_eval else None,
+        eval_on_start=has_eval,  # a baseline point for the eval curve
         seed=job.seed,
         report_to=[],
         disable_tqdm=True,
@@ -118,7 +131,7 @@ def build_sft_trainer(job: JobConfig, model, tokenizer, data: Prepared, output_d
 
     args = _config(SFTConfig, trainer_arguments(job, output_dir, data.eval is not None) | dict(
         max_length=None,  # rows are truncated to cutoff_len by app.data.render
-        padding_free=True,  # flattened batches, sequence boundaries kept by position_ids
+        padding_free=job.padding_free,  # flattened batches, sequence boundaries kept by position_ids
         completion_only_loss=job.stage == "sft",
         packing=False,
     ))
