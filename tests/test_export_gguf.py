@@ -103,6 +103,34 @@ def test_pre_tokenizer_hash_of_smollm2(smol_tokenizer: Any) -> None:
     assert detect_pre_tokenizer(smol_tokenizer, None, "llama") == "smollm"
 
 
+def test_pre_tokenizer_fallbacks_for_unknown_hashes() -> None:
+    class Unknown:
+        def encode(self, text: str) -> list[int]:
+            return [len(text)]
+
+    llama3_split = {"pre_tokenizer": {"type": "Split", "pattern": {"Regex": "\\p{N}{1,3}| ?\\p{L}+"}}}
+    assert detect_pre_tokenizer(Unknown(), llama3_split, "llama") == "llama-bpe"
+    assert detect_pre_tokenizer(Unknown(), {}, "qwen2") == "qwen2"
+    assert detect_pre_tokenizer(Unknown(), None, "llama") == "default"
+
+
+@pytest.mark.skipif(not HAS_LLAMA_CPP, reason="llama.cpp is the independent check of the rope factors")
+def test_llama3_rope_scaling_writes_rope_freqs(smol_tokenizer: Any, tmp_path: Path) -> None:
+    rope = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    }  # short, so the test texts use it
+    model_dir = build_tiny_model(tmp_path / "tiny-llama31", "llama", smol_tokenizer, rope_parameters=rope)
+    path = write_gguf(model_dir, tmp_path / "llama31.gguf", "f16")
+    assert gguf_metadata(path)["tensor_types"]["rope_freqs.weight"] == "F32"
+    result = check_fidelity(model_dir, path)
+    assert result["passed"] and abs(result["ppl_change_pct"]) < 0.1, result
+
+
 @pytest.mark.parametrize("with_model_file", [True, False], ids=["tokenizer.model", "tokenizer.json"])
 def test_sentencepiece_tokenizer(tmp_path: Path, with_model_file: bool) -> None:
     tokenizer, proto = build_spm_tokenizer()

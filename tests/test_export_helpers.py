@@ -28,6 +28,7 @@ def build_tiny_model(
     tie: bool | None = None,
     train_steps: int = 30,
     seed: int = 0,
+    **config_overrides: Any,
 ) -> Path:
     """Save a 2-layer model (4 heads, 2 KV heads) with the given tokenizer into `folder`."""
     import torch
@@ -48,6 +49,7 @@ def build_tiny_model(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **config_overrides,
     )
     config.architectures = [config_cls.__name__.replace("Config", "ForCausalLM")]
     torch.manual_seed(seed)
