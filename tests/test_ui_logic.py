@@ -128,7 +128,8 @@ def test_resumed_steps_keep_the_newest_value(tmp_path):
     view.feed([{"kind": "log", "step": 1, "loss": 3.0, "lr": 1.0}, {"kind": "log", "step": 2, "loss": 2.0, "lr": 1.0},
                {"kind": "done", "state": "stopped"}, {"kind": "stage", "name": "training"},
                {"kind": "log", "step": 2, "loss": 1.9, "lr": 1.0}], 0)
-    assert plots.loss_frame(view).loss.tolist() == [3.0, 1.9] and view.done is None
+    train = plots.loss_frame(view).query("series == 'train'")
+    assert train.loss.tolist() == [3.0, 1.9] and view.done is None
 
 
 def test_status_line_and_failure(tmp_path):
@@ -143,11 +144,23 @@ def test_status_line_and_failure(tmp_path):
     assert "failed" in plots.status_line(view, {"state": "running"}) and "boom" in plots.status_line(view, {})
 
 
+def test_frames_keep_numeric_axes_and_every_series():
+    empty = plots.LiveView()
+    for frame in (plots.loss_frame(empty), plots.lr_frame(empty), plots.compare_frame({})):
+        assert str(frame["step"].dtype) == "int64" and str(frame.iloc[:, 1].dtype) == "float64"
+    assert plots.loss_frame(empty).series.tolist() == ["train", "eval"]  # one anchor point each
+    view = plots.LiveView()
+    view.feed([{"kind": "log", "step": 3, "loss": 2.0, "lr": 1.0}], 0)
+    anchored = plots.loss_frame(view)
+    assert anchored[anchored.series == "eval"][["step", "loss"]].values.tolist() == [[3, 2.0]]
+
+
 def test_compare_and_runs_frames():
     a = [{"kind": "log", "step": 1, "loss": 2.0, "lr": 1.0}]
     b = [{"kind": "log", "step": 1, "loss": 3.0, "lr": 1.0}, {"kind": "log", "step": 2, "loss": 2.5, "lr": 1.0}]
     frame = plots.compare_frame({"a": a, "b": b})
     assert frame.groupby("run").size().to_dict() == {"a": 1, "b": 2}
+    assert list(plots.color_map(["a", "b", "a"])) == ["a", "b"]
     summary = RunSummary("r", "/x", "running", "sft", "lora", "identity", None, 3, 40, 1.23456, None)
     row = plots.runs_frame([summary]).iloc[0].tolist()
     assert row == ["r", "running", "sft", "lora", "identity", "3/40", "1.2346"]

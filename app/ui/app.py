@@ -7,7 +7,6 @@ Each tab module exposes `build(ctx)` and is called inside its open gr.Tab with t
 
 from __future__ import annotations
 
-import importlib
 import ipaddress
 import sys
 from collections.abc import Callable
@@ -18,8 +17,12 @@ import gradio as gr  # app/ui/__init__.py, run before this module, switched tele
 from app.jobs.manager import JobManager
 from app.ui.context import StudioContext
 from app.ui.i18n import LANGUAGES
+from app.ui.tabs import chat, dataset, export, model, train
 
-TAB_NAMES = ("model", "dataset", "train", "chat", "export")
+TABS: tuple[tuple[str, Callable[[StudioContext], None]], ...] = (
+    ("model", model.build), ("dataset", dataset.build), ("train", train.build), ("chat", chat.build),
+    ("export", export.build),
+)
 CSS = """
 #studio-header { align-items: center; }
 #train-status { min-height: 2.5em; }
@@ -54,18 +57,6 @@ def parse_auth(host: str, auth: str | None) -> tuple[str, str] | None:
     return None
 
 
-def tab_builder(name: str) -> Callable[[StudioContext], None] | None:
-    """The `build` of app.ui.tabs.<name>, or None while that module does not exist."""
-    module_name = f"app.ui.tabs.{name}"
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            return None
-        raise
-    return module.build
-
-
 def build_app(runs_dir: str | Path = "runs", dataset_dir: str | Path = ".", lang: str = "en",
               manager: JobManager | None = None) -> gr.Blocks:
     ctx = StudioContext(runs_dir, dataset_dir, lang=lang, manager=manager)
@@ -78,14 +69,10 @@ def build_app(runs_dir: str | Path = "runs", dataset_dir: str | Path = ".", lang
         ctx.shared["lang"] = language
         ctx.shared["tabs"] = {}
         with gr.Tabs(elem_id="studio-tabs"):
-            for name in TAB_NAMES:
+            for name, build in TABS:
                 with ctx.make(gr.Tab, f"tab.{name}", id=name, elem_id=f"tab-{name}") as tab:
                     ctx.shared["tabs"][name] = tab
-                    build = tab_builder(name)
-                    if build is None:
-                        ctx.make(gr.Markdown, "tab.missing")
-                    else:
-                        build(ctx)
+                    build(ctx)
         ctx.finish()
         language.change(ctx.relabel, language, [entry.component for entry in ctx.registry],
                         show_progress="hidden", api_visibility="private")

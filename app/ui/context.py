@@ -6,6 +6,13 @@ dropdown re-labels them, reads components other tabs made from `ctx.shared` (e.g
 Model tab picked) and `ctx.fields` (the JobConfig controls), and can postpone wiring that needs a
 component a later tab creates with `ctx.after_build(fn)`.
 
+Shared components (`ctx.shared`), set as the tabs are built in this order:
+    "lang"            the language dropdown (value "en" | "zh"): pass it as an input to localise messages
+    "tabs"            {"model": gr.Tab, "dataset": ..., "train": ..., "chat": ..., "export": ...}
+    "model_source",   the Model tab's radio (embedded | folder | hub) and path textbox;
+    "model_path"      `ctx.model_inputs()` lists both, `model_name(source, path)` turns them into a name
+    "train_monitor"   the Train tab's run monitor (app.ui.tabs.train_runs.Monitor)
+
 Nothing here holds run state: runs come from `ctx.manager` (rebuilt from the run folders), so a
 browser refresh or a UI restart shows everything as it is.
 """

@@ -20,7 +20,6 @@ STRINGS: dict[str, dict[str, str]] = {
     "tab.train": {"en": "Train", "zh": "训练"},
     "tab.chat": {"en": "Chat", "zh": "对话"},
     "tab.export": {"en": "Export", "zh": "导出"},
-    "tab.missing": {"en": "This tab is not available yet.", "zh": "该标签页尚不可用。"},
     # model tab
     "model.source": {"en": "Model source", "zh": "模型来源"},
     "model.source.info": {"en": "The embedded SmolLM2-135M-Instruct works offline.",
@@ -36,6 +35,8 @@ STRINGS: dict[str, dict[str, str]] = {
     "model.template": {"en": "Chat template", "zh": "对话模板"},
     "model.settings": {"en": "Loading and template", "zh": "加载与模板"},
     "model.hardware": {"en": "Hardware", "zh": "硬件"},
+    "msg.need_path": {"en": "⚠ Enter a local folder or a Hugging Face id (org/name) first.",
+                      "zh": "⚠ 请先输入本地目录或 Hugging Face 模型 ID（组织/名称）。"},
     "model.hint": {"en": "Press *Load info* to read the model's configuration.",
                    "zh": "点击“读取模型信息”查看模型配置。"},
     # dataset tab

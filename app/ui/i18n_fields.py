@@ -33,6 +33,11 @@ EN_LABELS = {
     "pref_loss": "DPO loss",
     "optim": "Optimizer",
     "output_dir": "Run name or folder",
+    "distributed_strategy": "Strategy",
+    "num_processes": "Processes",
+    "offload": "CPU offload",
+    "deepspeed": "DeepSpeed config",
+    "padding_free": "Padding-free batches",
 }
 
 ZH_LABELS = {
@@ -77,6 +82,11 @@ ZH_LABELS = {
     "seed": "随机种子",
     "output_dir": "运行名称或目录",
     "resume_from_checkpoint": "从检查点恢复",
+    "distributed_strategy": "并行策略",
+    "num_processes": "进程数",
+    "offload": "卸载到 CPU",
+    "deepspeed": "DeepSpeed 配置",
+    "padding_free": "无填充批次",
 }
 
 ZH_HELP = {
@@ -110,7 +120,7 @@ ZH_HELP = {
     "freeze_trainable_layers": "训练最后 N 层（负数表示最前面 N 层）。",
     "freeze_trainable_modules": "这些层中要训练的模块：all 或 mlp,self_attn 这样的名称。",
     "pref_beta": "DPO beta：策略模型可以偏离参考模型多远。",
-    "pref_loss": "DPO 损失函数。",
+    "pref_loss": "DPO 损失函数：sigmoid（DPO 论文）、ipo（平方形式，较不易过拟合）、hinge（SLiC）。",
     "optim": "优化器。",
     "weight_decay": "AdamW 权重衰减。",
     "warmup_steps": "预热步数（大于 0 时覆盖预热比例）。",
@@ -122,6 +132,16 @@ ZH_HELP = {
     "seed": "随机种子。",
     "output_dir": "运行目录（留空为 runs/<阶段>-<方法>-<时间>）。",
     "resume_from_checkpoint": "true 表示从输出目录中最新的完整检查点继续；或填写检查点路径。",
+    "distributed_strategy": "多个进程如何分担训练。auto：可见多块 GPU（或 num_processes > 1）时用 ddp，否则单进程；"
+                            "ddp：每块 GPU 一份完整副本；fsdp：权重、梯度和优化器状态分片到各 GPU；"
+                            "deepspeed_zero2 / deepspeed_zero3：DeepSpeed ZeRO（需 `pip install deepspeed`）。",
+    "num_processes": "训练进程数（每块 GPU 一个）；留空为所有可见 GPU。没有 GPU 时，ddp 或 fsdp 下大于 1 "
+                     "的数值会启动相应数量的 CPU 进程。",
+    "offload": "把优化器状态（fsdp / ZeRO-3 时连同参数）放在 CPU 内存：更省显存，但每步更慢。",
+    "deepspeed": "DeepSpeed JSON 配置文件路径（LLaMA-Factory 的键名）；原样使用，代替自动生成的 ZeRO 配置。"
+                 "意味着使用 DeepSpeed 策略。",
+    "padding_free": "把每个批次拼接成一条带行边界的序列：不在填充上浪费计算。关闭时按批内最长行填充。"
+                    "（SFT 与预训练；DPO 总是填充。）",
 }
 
 ZH_GROUPS = {
@@ -132,6 +152,7 @@ ZH_GROUPS = {
     "lora": "LoRA",
     "freeze": "冻结训练",
     "dpo": "偏好优化 (DPO)",
+    "distributed": "多 GPU",
     "advanced": "高级设置",
 }
 

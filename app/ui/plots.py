@@ -18,8 +18,10 @@ from app.jobs.manager import RunSummary
 
 LOSS_COLUMNS = ["step", "loss", "series"]
 LR_COLUMNS = ["step", "lr"]
+LOSS_SERIES = ("train", "eval")
 COMPARE_COLUMNS = ["step", "loss", "run"]
 RUN_COLUMNS = ["name", "state", "stage", "method", "dataset", "step", "loss"]
+PALETTE = ("#f97316", "#3b82f6", "#10b981", "#a855f7", "#ef4444", "#eab308", "#14b8a6", "#ec4899")
 
 
 @dataclass
@@ -45,11 +47,20 @@ class LiveView:
                 self.evals.append({"step": event.get("step"), "eval_loss": event["eval_loss"]})
             elif kind == "stage":
                 self.stage = event
-                self.done = None  # a resumed run starts a new attempt
+                if self.done is not None and self.last_log is not None:  # a resumed run: a new attempt
+                    self.last_log = {k: v for k, v in self.last_log.items() if k not in ("tokens_per_s", "eta_s")}
+                self.done = None
             elif kind == "done":
                 self.done = event
         self.offset = offset
         return changed
+
+
+def _typed(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    """A frame whose step and value columns are numeric even when empty: gr.LinePlot picks each axis's
+    scale from the dtypes, and an empty object column would make it a category axis for good."""
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.astype({c: "int64" if c == "step" else "float64" for c in columns[:2]})
 
 
 def _dedupe(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
@@ -62,16 +73,24 @@ def _dedupe(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
 
 
 def loss_frame(view: LiveView) -> pd.DataFrame:
-    """Train and eval loss on one plot: columns step, loss, series."""
+    """Train and eval loss on one plot: columns step, loss, series.
+
+    A series without points yet gets one anchor point (a one-point line draws nothing): gr.LinePlot
+    fixes its axes and colour legend when it first draws, and only swaps data afterwards, so every
+    series it will ever show must be there, with numbers, from the start.
+    """
     rows = [{"step": r["step"], "loss": float(r["loss"]), "series": "train"} for r in _dedupe(view.logs, "loss")]
     rows += [{"step": r["step"], "loss": float(r["eval_loss"]), "series": "eval"}
              for r in _dedupe(view.evals, "eval_loss")]
-    return pd.DataFrame(rows, columns=LOSS_COLUMNS)
+    start = (rows[0]["step"], rows[0]["loss"]) if rows else (0, 0.0)
+    present = {r["series"] for r in rows}
+    rows += [{"step": start[0], "loss": start[1], "series": s} for s in LOSS_SERIES if s not in present]
+    return _typed(rows, LOSS_COLUMNS)
 
 
 def lr_frame(view: LiveView) -> pd.DataFrame:
     rows = [{"step": r["step"], "lr": float(r["lr"])} for r in _dedupe(view.logs, "lr")]
-    return pd.DataFrame(rows, columns=LR_COLUMNS)
+    return _typed(rows or [{"step": 0, "lr": 0.0}], LR_COLUMNS)  # an anchor, as in loss_frame
 
 
 def compare_frame(runs: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
@@ -81,7 +100,14 @@ def compare_frame(runs: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
         view = LiveView(run=name)
         view.feed(events, 0)
         rows += [{"step": r["step"], "loss": float(r["loss"]), "run": name} for r in _dedupe(view.logs, "loss")]
-    return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+    return _typed(rows, COMPARE_COLUMNS)
+
+
+def color_map(names: Iterable[str]) -> dict[str, str]:
+    """A colour for each series present. gr.LinePlot redraws its chart (axes, colour legend) only when a
+    property such as color_map changes; data updates alone keep the old legend. Send this in an update
+    of its own, after the one that set the new data (an update carrying both draws the old data)."""
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(dict.fromkeys(names))}
 
 
 def format_duration(seconds: float | None) -> str:

@@ -26,7 +26,7 @@ def build(ctx: StudioContext) -> None:
         refresh = ctx.make(gr.Button, "data.refresh", size="sm", elem_id="data-refresh")
 
     with ctx.make(gr.Accordion, "data.preview", open=True):
-        with gr.Row(equal_height=True):
+        with gr.Row():
             which = ctx.make(gr.Dropdown, "data.preview_name", choices=[], scale=3, elem_id="data-preview-name")
             prev = ctx.make(gr.Button, "data.prev", size="sm", scale=1, elem_id="data-prev")
             page_label = gr.Markdown("", elem_id="data-page")

@@ -33,8 +33,8 @@ def info_markdown(info: ModelInfo, trainable: int | None, method: str) -> str:
     if trainable is not None:
         share = 100 * trainable / max(info.n_params, 1)
         rows.append((f"Trainable ({method})", f"{trainable:,} ({share:.2f}%)"))
-    lines = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
-    return f"`{info.path}`\n\n" + "\n".join(lines)
+    lines = [f"| Folder | `{info.path}` |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines)
 
 
 def hardware_markdown(hw: Hardware) -> str:
@@ -66,7 +66,7 @@ def build(ctx: StudioContext) -> None:
             info = gr.Markdown(ctx.t("model.hint"), elem_id="model-info")  # not re-labelled: holds results
         with gr.Column(scale=1):
             template = ctx.make(gr.Code, "model.template", language="jinja2", lines=12, max_lines=24,
-                                interactive=False, elem_id="model-template")
+                                interactive=False, wrap_lines=True, elem_id="model-template")
     with ctx.make(gr.Accordion, "model.hardware", open=True):
         hardware = gr.Markdown(hardware_markdown(ctx.hardware()), elem_id="model-hardware")
     timer = gr.Timer(HARDWARE_REFRESH_S)
@@ -78,10 +78,10 @@ def build(ctx: StudioContext) -> None:
 
     source.change(pick_source, source, path, show_progress="hidden", api_visibility="private")
 
-    def load_info(src: str, where: str, *values: Any) -> tuple[str, str]:
+    def load_info(lang: str, src: str, where: str, *values: Any) -> tuple[str, str]:
         name = model_name(src, where)
         if src != "embedded" and not name:
-            return "⚠ " + ctx.t("model.path"), ""
+            return ctx.t("msg.need_path", lang), ""
         try:
             info = ctx.model_info(name)
         except ModelSourceError as exc:
@@ -100,6 +100,7 @@ def build(ctx: StudioContext) -> None:
 
     def wire() -> None:  # the LoRA controls live in the Train tab, built after this one
         fields = [ctx.fields[n] for n in form_fields()]
-        load.click(load_info, [source, path, *fields], [info, template], api_visibility="private")
+        gr.on([load.click, path.submit], load_info, [ctx.shared["lang"], source, path, *fields], [info, template],
+              api_visibility="private")
 
     ctx.after_build(wire)

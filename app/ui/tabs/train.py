@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from app.config import ConfigError, JobConfig
+from app.config import GROUPS, ConfigError, JobConfig
 from app.data.validate import check_datasets
 from app.models.source import ModelSourceError
 from app.train.memory import estimate_memory
@@ -19,10 +19,10 @@ from app.ui import plots
 from app.ui.components import field_control, field_group
 from app.ui.context import StudioContext, model_name
 from app.ui.datasets import datasets_for_stage
-from app.ui.forms import estimate_job, form_fields, form_to_job, job_to_controls
+from app.ui.forms import SPECIAL_FIELDS, estimate_job, form_fields, form_to_job, group_fields, job_to_controls
 from app.ui.tabs.train_runs import PRIVATE, build_monitor
 
-ACCORDIONS = (("basic", True), ("lora", False), ("freeze", False), ("dpo", False), ("advanced", False))
+INLINE_GROUPS = ("model", "method", "data")  # model: the Model tab; method and data: the top rows
 
 
 def problems_markdown(ctx: StudioContext, lang: str, problems: list[Any]) -> str:
@@ -30,29 +30,33 @@ def problems_markdown(ctx: StudioContext, lang: str, problems: list[Any]) -> str
 
 
 def build(ctx: StudioContext) -> None:
+    lang = ctx.shared["lang"]
     with gr.Row():
-        stage = field_control(ctx, "stage", scale=1)
-        field_control(ctx, "finetuning_type", scale=1)
+        for name in group_fields("method"):
+            field_control(ctx, name, scale=1)
         fits = datasets_for_stage(ctx.dataset_dir, JobConfig().stage)
         dataset = field_control(ctx, "dataset", scale=3, choices=fits,
                                 value=[d for d in JobConfig().datasets if d in fits])
+    stage = ctx.fields["stage"]
     with gr.Row():
-        for name in ("cutoff_len", "max_samples", "val_size"):
-            field_control(ctx, name)
+        for name in group_fields("data"):
+            if name not in ctx.fields and name not in SPECIAL_FIELDS:
+                field_control(ctx, name)
         ctx.make(gr.Textbox, "field.dataset_dir", value=str(ctx.dataset_dir), interactive=False)
-    for group, is_open in ACCORDIONS:
-        with ctx.make(gr.Accordion, f"group.{group}", open=is_open, elem_id=f"group-{group}"):
-            field_group(ctx, group, columns=4)
+    for group in GROUPS:  # every other group of the schema, new ones included, as an accordion
+        if group not in INLINE_GROUPS:
+            with ctx.make(gr.Accordion, f"group.{group}", open=group == "basic", elem_id=f"group-{group}"):
+                field_group(ctx, group, columns=4)
 
+    command = ctx.make(gr.Textbox, "train.command", lines=1, max_lines=6, interactive=False, buttons=["copy"],
+                       elem_id="train-command")
     with gr.Row():
         with gr.Column(scale=2):
             memory = ctx.make(gr.Dataframe, "train.memory", headers=["part", "MB"], interactive=False,
                               elem_id="train-memory")
             memory_note = gr.Markdown("", elem_id="train-memory-note")
         with gr.Column(scale=3):
-            command = ctx.make(gr.Code, "train.command", language="shell", lines=3, interactive=False,
-                               wrap_lines=True, elem_id="train-command")
-            job_yaml = ctx.make(gr.Code, "train.yaml", language="yaml", lines=8, max_lines=20, interactive=False,
+            job_yaml = ctx.make(gr.Code, "train.yaml", language="yaml", lines=12, max_lines=20, interactive=False,
                                 elem_id="train-yaml")
     with gr.Row():
         preview = ctx.make(gr.Button, "train.preview", elem_id="train-preview")
@@ -64,7 +68,6 @@ def build(ctx: StudioContext) -> None:
         saved = ctx.make(gr.File, "train.yaml_file", visible=False, interactive=False, elem_id="train-saved")
     monitor = build_monitor(ctx)
 
-    lang = ctx.shared["lang"]
     names = form_fields()
     model = ctx.model_inputs()
     fields = [ctx.fields[n] for n in names]
@@ -73,13 +76,13 @@ def build(ctx: StudioContext) -> None:
         """Split (source, path, *field values) into the model name and the field values."""
         return model_name(args[0], args[1]), dict(zip(names, args[2:]))
 
-    def on_estimate(*args: Any) -> tuple[Any, str]:
+    def on_estimate(lang_: str, *args: Any) -> tuple[Any, str]:
         name, values = values_of(args)
         try:
             job = estimate_job(values, name, ctx.dataset_dir, ctx.runs_dir)
             info = ctx.model_info(name)
         except ConfigError as exc:
-            return pd.DataFrame(columns=["part", "MB"]), problems_markdown(ctx, ctx.lang, exc.problems)
+            return pd.DataFrame(columns=["part", "MB"]), problems_markdown(ctx, lang_, exc.problems)
         except ModelSourceError as exc:
             return pd.DataFrame(columns=["part", "MB"]), f"⚠ {exc}"
         except Exception as exc:  # noqa: BLE001 - unreadable model folder: say so, no traceback
@@ -88,12 +91,13 @@ def build(ctx: StudioContext) -> None:
         estimate = estimate_memory(info, job, on_gpu=hw.device == "cuda")
         device = "GPU" if hw.gpus else "RAM"
         key = "msg.over_budget" if estimate.total_mb > hw.budget_mb else "msg.fits"
-        return plots.memory_frame(estimate), ctx.t(key, need=estimate.total_mb, have=hw.budget_mb, device=device)
+        note = ctx.t(key, lang_, need=estimate.total_mb, have=hw.budget_mb, device=device)
+        return plots.memory_frame(estimate), note
 
-    triggers = [c.change for c in fields] + [model[0].change, model[1].submit, model[1].blur]
-    gr.on(triggers, on_estimate, [*model, *fields], [memory, memory_note], show_progress="hidden",
+    triggers = [c.change for c in fields] + [model[0].change, model[1].submit, model[1].blur, lang.change]
+    gr.on(triggers, on_estimate, [lang, *model, *fields], [memory, memory_note], show_progress="hidden",
           trigger_mode="always_last", **PRIVATE)
-    ctx.demo.load(on_estimate, [*model, *fields], [memory, memory_note], show_progress="hidden", **PRIVATE)
+    ctx.demo.load(on_estimate, [lang, *model, *fields], [memory, memory_note], show_progress="hidden", **PRIVATE)
 
     def refresh_datasets(chosen_stage: str, chosen: list[str] | None) -> Any:
         fit = datasets_for_stage(ctx.dataset_dir, chosen_stage)

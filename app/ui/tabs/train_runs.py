@@ -7,7 +7,8 @@ load when one is), and each tick calls `manager.refresh()` so that queued runs s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
@@ -34,6 +35,8 @@ class Monitor:
     timer: Any
     table_sig: Any
     compare: Any
+    _cache: tuple[list, list] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def outputs(self) -> list[Any]:
@@ -41,8 +44,24 @@ class Monitor:
         return [self.table, self.table_sig, self.run, self.compare, self.view, self.loss, self.lr, self.status,
                 self.log, self.timer]
 
+    def _summaries(self) -> list[Any]:
+        """manager.summaries(), re-read only when some run folder's files changed (it parses every
+        events.jsonl, and every open page asks each second)."""
+        stamp = []
+        for run in self.ctx.manager.runs():
+            for file in (run.state_file, run.path / "events.jsonl", run.job_file):
+                try:
+                    stat = file.stat()
+                    stamp.append((str(file), stat.st_size, stat.st_mtime_ns))
+                except FileNotFoundError:
+                    stamp.append((str(file), -1, -1))
+        with self._lock:
+            if self._cache is None or self._cache[0] != stamp:
+                self._cache = (stamp, self.ctx.manager.summaries())
+            return self._cache[1]
+
     def _table(self, sig: str | None) -> tuple[Any, Any, Any, Any, bool, list[str]]:
-        summaries = self.ctx.manager.summaries()
+        summaries = self._summaries()
         frame = plots.runs_frame(summaries)
         new_sig = frame.to_json()
         names = [s.name for s in summaries]
@@ -100,26 +119,28 @@ def build_monitor(ctx: StudioContext) -> Monitor:
     """The run list and live view (call inside the Train tab)."""
     table = ctx.make(gr.Dataframe, "train.runs", headers=plots.RUN_COLUMNS, interactive=False, wrap=True,
                      max_height=260, elem_id="train-runs")
-    with gr.Row(equal_height=True):
+    with gr.Row():
         run = ctx.make(gr.Dropdown, "train.run", choices=[], scale=4, elem_id="train-run")
         refresh = ctx.make(gr.Button, "train.refresh", size="sm", scale=1, elem_id="train-refresh")
         stop = ctx.make(gr.Button, "train.stop", variant="stop", size="sm", scale=1, elem_id="train-stop")
         resume = ctx.make(gr.Button, "train.resume", size="sm", scale=1, elem_id="train-resume")
+    message = gr.Markdown("", elem_id="train-monitor-message")
     status = gr.Markdown(ctx.t("msg.no_runs"), elem_id="train-status")
     with gr.Row():
-        loss = ctx.make(gr.LinePlot, "train.loss", x="step", y="loss", color="series", height=300,
+        # no fixed height: with one, gr.LinePlot cuts its colour legend off
+        loss = ctx.make(gr.LinePlot, "train.loss", x="step", y="loss", color="series", color_title="",
                         value=plots.loss_frame(plots.LiveView()), elem_id="train-loss")
-        lr = ctx.make(gr.LinePlot, "train.lr", x="step", y="lr", height=300, value=plots.lr_frame(plots.LiveView()),
+        lr = ctx.make(gr.LinePlot, "train.lr", x="step", y="lr", value=plots.lr_frame(plots.LiveView()),
                       elem_id="train-lr")
     log = ctx.make(gr.Textbox, "train.log", lines=10, max_lines=30, interactive=False, visible=False,
                    autoscroll=True, elem_id="train-log")
     with ctx.make(gr.Accordion, "train.compare", open=False):
         compare = ctx.make(gr.Dropdown, "train.compare", choices=[], multiselect=True, elem_id="train-compare")
-        compare_plot = ctx.make(gr.LinePlot, "train.compare_plot", x="step", y="loss", color="run", height=300,
-                                value=plots.compare_frame({}), elem_id="train-compare-plot")
+        compare_plot = ctx.make(gr.LinePlot, "train.compare_plot", x="step", y="loss", color="run", color_title="",
+                                value=None, elem_id="train-compare-plot")
     monitor = Monitor(ctx, table, run, status, loss, lr, log, gr.State(None), gr.Timer(TICK_S, active=False),
                       gr.State(None), compare)
-    message = gr.Markdown("", elem_id="train-monitor-message")
+    ctx.shared["train_monitor"] = monitor
 
     monitor.timer.tick(monitor.tick, [monitor.view, run, monitor.table_sig], monitor.outputs,
                        show_progress="hidden", trigger_mode="always_last", **PRIVATE)
@@ -147,14 +168,20 @@ def build_monitor(ctx: StudioContext) -> Monitor:
         lambda: gr.Timer(active=True), None, monitor.timer, **PRIVATE)
     resume.click(on_resume, [run, lang], [message, *monitor.outputs], **PRIVATE)
 
-    def on_compare(names: list[str] | None) -> Any:
+    def compare_frame(names: list[str] | None) -> Any:
         events = {}
         for name in names or []:
             try:
                 events[name] = ctx.manager.run(name).events.read_all()
             except KeyError:
                 continue
-        return plots.compare_frame(events)
+        frame = plots.compare_frame(events)
+        return None if frame.empty else frame
 
-    compare.change(on_compare, compare, compare_plot, **PRIVATE)
+    def compare_colors(names: list[str] | None) -> Any:
+        return gr.update(color_map=plots.color_map(names or []))
+
+    # The new runs' data first, then their colours (which redraws the chart with that data).
+    compare.change(compare_frame, compare, compare_plot, **PRIVATE).then(
+        compare_colors, compare, compare_plot, **PRIVATE)
     return monitor

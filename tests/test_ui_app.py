@@ -1,0 +1,72 @@
+"""The assembled Blocks, without a browser: every field has a control, languages re-label, the run
+monitor rebuilds a run from its folder and follows it incrementally."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.config import JobConfig
+from app.train.runfolder import RunFolder
+from app.ui.app import build_app
+from app.ui.forms import SPECIAL_FIELDS
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ui")
+    shutil.copy(REPO / "dataset_info.json", root / "dataset_info.json")
+    shutil.copytree(REPO / "data", root / "data")
+    run = RunFolder(root / "runs" / "old-run")
+    run.create(JobConfig(dataset_dir=str(root), output_dir=str(run.path)))
+    run.write_state(state="stopped")
+    for step in range(1, 6):
+        run.events.append("log", step=step, total_steps=10, loss=3.0 - step / 10, lr=1e-4, mem_mb=900)
+    run.events.append("done", state="stopped", error=None)
+    demo = build_app(root / "runs", root, lang="en")
+    return demo.studio, run
+
+
+def test_every_field_has_a_control(studio):
+    ctx, _ = studio
+    assert set(ctx.fields) == set(JobConfig.spec()) - set(SPECIAL_FIELDS)
+    for tab in ("model", "dataset", "train", "chat", "export"):
+        assert tab in ctx.shared["tabs"]
+
+
+def test_language_switch_relabels_everything(studio):
+    ctx, _ = studio
+    zh = ctx.relabel("zh")
+    assert len(zh) == len(ctx.registry)
+    by_key = {entry.key: update for entry, update in zip(ctx.registry, zh)}
+    assert by_key["field.learning_rate"]["label"] == "学习率"
+    assert by_key["field.learning_rate"]["info"] == "峰值学习率。"
+    assert by_key["tab.train"]["label"] == "训练" and by_key["train.start"]["value"] == "开始训练"
+    en = {entry.key: update for entry, update in zip(ctx.registry, ctx.relabel("en"))}
+    assert en["field.learning_rate"]["info"] == JobConfig.spec()["learning_rate"].metadata["help"]
+
+
+def test_monitor_rebuilds_and_follows_a_run(studio):
+    ctx, run = studio
+    monitor = ctx.shared["train_monitor"]
+    out = dict(zip(["table", "sig", "run", "compare", "view", "loss", "lr", "status", "log", "timer"],
+                   monitor.show(None)))
+    assert out["run"]["value"] == "old-run" and out["table"].iloc[0]["state"] == "stopped"
+    train = out["loss"][out["loss"].series == "train"]
+    assert train.step.tolist() == [1, 2, 3, 4, 5] and "stopped" in out["status"]
+    assert out["timer"].active is False  # nothing runs: no polling
+    view, offset = out["view"], out["view"].offset
+    # a resumed attempt appends to the same file: the next tick reads only the new bytes
+    run.events.append("stage", name="training", message="training (resumed from checkpoint-5)")
+    for step in (6, 7, 8):
+        run.events.append("log", step=step, total_steps=10, loss=2.0, lr=1e-4)
+    run.write_state(state="running")  # no live pid: refresh() marks it failed, as after a crash
+    ticked = monitor.tick(view, "old-run", out["sig"])
+    train = ticked[5][ticked[5].series == "train"]
+    assert train.step.tolist()[-1] == 8 and ticked[4].offset > offset
+    assert run.read_state()["state"] == "failed" and ticked[4].done["state"] == "failed"
+    assert "failed" in ticked[7] and ticked[8]["visible"] is True  # the status and the worker log tail
