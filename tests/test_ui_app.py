@@ -70,3 +70,13 @@ def test_monitor_rebuilds_and_follows_a_run(studio):
     assert train.step.tolist()[-1] == 8 and ticked[4].offset > offset
     assert run.read_state()["state"] == "failed" and ticked[4].done["state"] == "failed"
     assert "failed" in ticked[7] and ticked[8]["visible"] is True  # the status and the worker log tail
+
+
+def test_estimates_never_download_a_hub_model(studio, monkeypatch):
+    from app.models import source
+    from app.models.source import ModelSourceError
+
+    ctx, _ = studio
+    monkeypatch.setattr(source, "download_from_hub", lambda *a, **k: pytest.fail("downloaded"))
+    with pytest.raises(ModelSourceError, match="Load info"):
+        ctx.model_info("someorg/some-model", fetch=False)

@@ -32,7 +32,7 @@ import gradio as gr
 from app.jobs.manager import JobManager
 from app.models.hardware import Hardware, probe_hardware
 from app.models.info import ModelInfo, describe_model
-from app.models.source import resolve_model_path
+from app.models.source import ModelSourceError, looks_like_hub_id, resolve_model_path
 from app.ui.i18n import Translator
 
 # Components whose visible text is their value, and those that take a label but no help line.
@@ -70,6 +70,7 @@ class StudioContext:
         self.demo: gr.Blocks | None = None  # the Blocks being built (for demo.load events)
         self._deferred: list[Callable[[], None]] = []
         self._hardware: tuple[float, Hardware] | None = None
+        self._described: dict[str | None, ModelInfo] = {}
         self._lock = threading.Lock()
 
     # -- strings ------------------------------------------------------------------------------
@@ -129,9 +130,19 @@ class StudioContext:
         """[source radio, path textbox]: pass to an event, then `model_name(source, path)`."""
         return [self.shared["model_source"], self.shared["model_path"]]
 
-    def model_info(self, name: str | None) -> ModelInfo:
-        """Describe a base model (None = embedded). Raises ModelSourceError with a readable message."""
-        return describe_model(str(resolve_model_path(name)))
+    def model_info(self, name: str | None, fetch: bool = True) -> ModelInfo:
+        """Describe a base model (None = embedded). Raises ModelSourceError with a readable message.
+
+        With fetch=False a hub id that was not described yet is not downloaded (an estimate that runs
+        on every keystroke must not start a multi-GB download): ModelSourceError says to load it.
+        """
+        if name in self._described:
+            return self._described[name]
+        if not fetch and name and not Path(name).expanduser().exists() and looks_like_hub_id(name):
+            raise ModelSourceError(f"Press 'Load info' on the Model tab to fetch {name} first.")
+        info = describe_model(str(resolve_model_path(name)))
+        self._described[name] = info
+        return info
 
     def hardware(self, max_age_s: float = 4.0) -> Hardware:
         with self._lock:

@@ -80,7 +80,7 @@ def build(ctx: StudioContext) -> None:
         name, values = values_of(args)
         try:
             job = estimate_job(values, name, ctx.dataset_dir, ctx.runs_dir)
-            info = ctx.model_info(name)
+            info = ctx.model_info(name, fetch=False)
         except ConfigError as exc:
             return pd.DataFrame(columns=["part", "MB"]), problems_markdown(ctx, lang_, exc.problems)
         except ModelSourceError as exc:
