@@ -123,15 +123,24 @@ class JobManager:
                 if state.get("state") == "running":
                     if process_alive(state.get("pid"), state.get("started")):
                         running = True
-                    elif not any(e["kind"] == "done" for e in run.events.read_from(0)[0][-3:]):
-                        # the worker vanished without its `done` event (killed, OOM, power loss)
-                        error = "the worker process ended without reporting (killed or out of memory?)"
-                        run.events.append("done", state="failed", error=error)
-                        run.write_state(state="failed", error=error, ended=round(time.time(), 3))
+                    else:
+                        self._settle_dead(run)
                 elif state.get("state") == "queued":
                     queued.append(run)
             if not running and queued:
                 self._spawn(min(queued, key=lambda r: r.read_state().get("queued", 0)))
+
+    @staticmethod
+    def _settle_dead(run: RunFolder) -> None:
+        """A `running` run whose worker is gone: take its own last word, or mark it failed."""
+        events = run.events.read_all()
+        last = events[-1] if events else {}
+        if last.get("kind") == "done":  # it reported, then died before updating state.json
+            run.write_state(state=last.get("state", "failed"), error=last.get("error"), ended=last["t"])
+            return
+        error = "the worker process ended without reporting (killed or out of memory?)"
+        run.events.append("done", state="failed", error=error)
+        run.write_state(state="failed", error=error, ended=round(time.time(), 3))
 
     def active(self) -> RunFolder | None:
         for run in self.runs():
@@ -148,7 +157,8 @@ class JobManager:
                 job = run.job()
             except Exception:  # noqa: BLE001 - a broken job.yaml still shows up in the list
                 job = None
-            last = next((e for e in reversed(run.events.read_all()) if e["kind"] == "log"), {})
+            last = next((e for e in reversed(run.events.read_all())
+                         if e["kind"] == "log" and not e.get("final")), {})
             out.append(RunSummary(
                 name=run.name, path=str(run.path), state=state.get("state", "?"),
                 stage=job.stage if job else "?", method=job.finetuning_type if job else "?",
