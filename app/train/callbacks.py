@@ -6,15 +6,18 @@ Event schema (events.jsonl; every line also has "t" and "kind"; new keys may app
                 message; optional: level ("warning"), rows, trainable_params, total_params, device,
                 world_size, strategy, resumed_from
     log         step, total_steps, epoch, loss, lr, grad_norm, tokens_per_s (real, non-padding tokens
-                per second over all processes), eta_s, mem_mb (this process: peak GPU memory, or RSS
-                on CPU); final: true on the Trainer's closing summary (train_loss, no loss).
+                per second over all processes, since the previous log), tokens (real tokens trained so
+                far), eta_s, mem_mb (this process: peak GPU memory, or RSS on CPU);
+                final: true on the Trainer's closing summary (train_loss, no loss).
                 Extra numbers a trainer reports ride along, "/" turned into "_":
                   SFT / PT: entropy, mean_token_accuracy
                   DPO:      rewards_chosen, rewards_rejected (beta x policy-minus-reference log-prob of the
                             chosen / rejected answer), rewards_margins (chosen - rejected),
                             rewards_accuracies (share of pairs with chosen > rejected), logps_chosen,
                             logps_rejected, logits_chosen, logits_rejected, entropy, mean_token_accuracy
-    eval        step, eval_loss (+ every other eval_* number, e.g. eval_rewards_margins for DPO)
+    eval        step, eval_loss (+ every other eval_* number, "/" turned into "_": eval_rewards_margins,
+                eval_rewards_accuracies, eval_logps_chosen, ... for DPO). With val_size, a first eval runs
+                at step 0: the baseline of the eval curve.
     checkpoint  step, path
     done        state (finished | stopped | failed), error
 """
@@ -99,6 +102,7 @@ class EventCallback(TrainerCallback):
             "lr": logs.get("learning_rate"),
             "grad_norm": logs.get("grad_norm"),
             "tokens_per_s": round(tokens_per_s, 1) if tokens_per_s is not None else None,
+            "tokens": int(float(tokens)) if tokens is not None else None,
             "eta_s": round(eta, 1) if eta is not None else None,
             "mem_mb": memory_mb(),
         }
@@ -114,7 +118,8 @@ class EventCallback(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if self.is_writer and metrics and "eval_loss" in metrics:
-            extra = {k: v for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, (int, float))}
+            extra = {k.replace("/", "_"): v for k, v in metrics.items()
+                     if k.startswith("eval_") and isinstance(v, (int, float))}
             self.events.append("eval", step=state.global_step, **extra)
 
     def on_save(self, args, state, control, **kwargs):

@@ -1,10 +1,34 @@
-"""Estimate the memory a training job needs, before loading anything.
+"""Estimate the memory a training job needs per device, before loading anything.
 
-    total = weights + gradients + optimizer states + activations + runtime overhead
+    total = weights + gradients + optimizer states + activations - backward overlap + runtime overhead
+            (+ dequantization buffers for QLoRA on CPU)
 
 Counts come from the model's config (layer shapes on the meta device, see app.models.info), so the
-estimate updates instantly as the user changes settings. `bench/memory_estimate.py` compares it
-with measured peaks.
+estimate updates instantly as the user changes settings. Assumptions, stated so they can be checked:
+
+- Rows are full length: a batch holds per_device_train_batch_size x cutoff_len real tokens (the worst
+  case of the worker's padding-free batches; shorter rows need proportionally less activation memory).
+- Activations: per token and decoder layer, what autograd keeps for the backward pass of a llama-style
+  block, ~(10 hidden + 3 intermediate + 4 kv) values (measured with saved-tensor hooks on SmolLM2), times
+  ACTIVATION_FACTOR for the gradients of those activations and allocator slack that coexist with them.
+  Only layers from the first trainable one onwards keep activations (freeze tuning of the last layers
+  keeps few). The head keeps HEAD_COPIES fp32 vocabulary-sized tensors per token (logits, log-softmax,
+  their gradients, TRL's entropy/accuracy metrics); DPO's chunked log-prob head keeps about one.
+- The backward pass frees a layer's activations as it creates that layer's gradients, so both never
+  exist whole at once: the smaller of the two is counted at BACKWARD_OVERLAP.
+- Adam keeps two fp32 states per trainable parameter (8-bit Adam: two bytes); LoRA/QLoRA/freeze
+  trainable weights are fp32 (the worker upcasts them), a frozen base lives in the compute dtype.
+- QLoRA on CPU: bitsandbytes dequantizes each weight to fp32 for every matmul and the C allocator keeps
+  those buffers, so resident memory grows by about the fp32 size of the quantized layers.
+- Several processes: each device holds its own share. DDP keeps a second copy of the gradients
+  (its buckets); ZeRO-1/2/3 (and FSDP = 3) shard optimizer states / gradients / weights over the
+  world size; offload moves optimizer states (stage 3: weights too) to CPU RAM, shown but not counted.
+- Runtime overhead: Python with torch, transformers, TRL and the tokenizer (CPU, measured ~0.5 GB), or
+  the CUDA context and kernels (GPU).
+
+Calibrated on CPU with `bench/memory_estimate.py` (SmolLM2-135M, batch 2 x 256 tokens: within 25% of
+the measured peak RSS for LoRA, QLoRA, freeze and full). The GPU constants are the same; GPU peaks
+(torch.cuda.max_memory_allocated) have not been measured against them yet.
 """
 
 from __future__ import annotations
@@ -18,6 +42,12 @@ from app.models.info import ModelInfo
 MB = 2**20
 _LAYER_INDEX = re.compile(r"\.(\d+)\.")
 
+ACTIVATION_FACTOR = 2.1  # saved activations -> peak: their gradients and allocator slack (measured, CPU)
+HEAD_COPIES = 5.3  # fp32 vocabulary-sized tensors per token in TRL's SFT loss and metrics (measured, CPU)
+DPO_HEAD_COPIES = 1.0  # TRL's DPO computes log-probs in chunks: logits are never whole
+BACKWARD_OVERLAP = 0.25  # share of min(activations, gradients) that coexists with the other
+OVERHEAD_MB = {"cpu": 550, "gpu": 600}
+
 
 @dataclass
 class MemoryEstimate:
@@ -28,31 +58,52 @@ class MemoryEstimate:
     overhead_mb: float
     trainable_params: int
     total_params: int
+    overlap_mb: float = 0.0  # subtracted: activations freed while gradients are created
+    dequant_mb: float = 0.0  # QLoRA on CPU: fp32 buffers of dequantized weights
+    offloaded_mb: float = 0.0  # in CPU RAM instead (offload); not part of the device total
+    tokens_per_step: int = 0  # per device and micro-batch: batch x cutoff_len
 
     @property
     def total_mb(self) -> float:
-        return self.weights_mb + self.gradients_mb + self.optimizer_mb + self.activations_mb + self.overhead_mb
+        return (self.weights_mb + self.gradients_mb + self.optimizer_mb + self.activations_mb - self.overlap_mb
+                + self.dequant_mb + self.overhead_mb)
 
     def as_dict(self) -> dict:
         return asdict(self) | {"total_mb": self.total_mb}
 
     def rows(self) -> list[tuple[str, float]]:
-        return [("weights", self.weights_mb), ("gradients", self.gradients_mb), ("optimizer", self.optimizer_mb),
-                ("activations", self.activations_mb), ("runtime overhead", self.overhead_mb),
-                ("total", self.total_mb)]
+        rows = [("weights", self.weights_mb), ("gradients", self.gradients_mb), ("optimizer", self.optimizer_mb),
+                ("activations", self.activations_mb)]
+        if self.overlap_mb:
+            rows.append(("freed in backward", -self.overlap_mb))
+        if self.dequant_mb:
+            rows.append(("dequantization buffers", self.dequant_mb))
+        rows.append(("runtime overhead", self.overhead_mb))
+        if self.offloaded_mb:
+            rows.append(("offloaded to CPU RAM (not in total)", self.offloaded_mb))
+        return rows + [("total", self.total_mb)]
 
 
 def lora_parameters(info: ModelInfo, job: JobConfig) -> int:
-    wanted = None if job.lora_target.strip().lower() == "all" else {
-        t.strip() for t in job.lora_target.split(",") if t.strip()}
+    wanted = _lora_targets(job)
     return sum(job.lora_rank * (fan_in + fan_out) for name, fan_in, fan_out in info.linear_layers
                if wanted is None or name.rsplit(".", 1)[-1] in wanted)
 
 
-def freeze_parameters(info: ModelInfo, job: JobConfig) -> int:
+def _lora_targets(job: JobConfig) -> set[str] | None:
+    if job.lora_target.strip().lower() == "all":
+        return None
+    return {t.strip() for t in job.lora_target.split(",") if t.strip()}
+
+
+def freeze_layers(info: ModelInfo, job: JobConfig) -> list[int]:
     total = info.n_layers
-    n = job.freeze_trainable_layers
-    chosen = set(range(total - n, total)) if n > 0 else set(range(-n))
+    n = max(-total, min(total, job.freeze_trainable_layers))
+    return list(range(total - n, total)) if n > 0 else list(range(-n))
+
+
+def freeze_parameters(info: ModelInfo, job: JobConfig) -> int:
+    chosen = set(freeze_layers(info, job))
     wanted = None if job.freeze_trainable_modules.strip().lower() == "all" else [
         m.strip() for m in job.freeze_trainable_modules.split(",") if m.strip()]
     count = 0
@@ -73,7 +124,7 @@ def trainable_parameters(info: ModelInfo, job: JobConfig) -> int:
 
 def _weight_bytes(job: JobConfig) -> float:
     if job.quantization_bit == 4:
-        return 0.5 + 0.07  # NF4 plus block scales (less with double quantization)
+        return 0.5 + (0.02 if job.double_quantization else 0.07)  # NF4 plus block scales
     if job.quantization_bit == 8:
         return 1.0 + 0.03
     if job.finetuning_type != "full" and (job.bf16 or job.fp16):
@@ -81,38 +132,70 @@ def _weight_bytes(job: JobConfig) -> float:
     return 4.0
 
 
-def estimate_memory(info: ModelInfo, job: JobConfig, on_gpu: bool, world_size: int = 1,
-                    zero_stage: int = 0) -> MemoryEstimate:
+def job_parallelism(job: JobConfig) -> tuple[int, int]:
+    """(world size, ZeRO stage) from the job's own fields; fsdp shards like ZeRO-3."""
+    stage = 3 if job.distributed_strategy == "fsdp" else (
+        int(job.distributed_strategy[-1]) if job.distributed_strategy.startswith("deepspeed_zero") else 0)
+    return job.num_processes or 1, stage
+
+
+def activation_bytes_per_token(info: ModelInfo, job: JobConfig) -> float:
+    """Peak activation memory per token of a full-length row, with the head."""
+    act_bytes = 2.0 if (job.bf16 or job.fp16) else 4.0
+    kv = info.hidden_size * info.n_kv_heads // max(info.n_heads, 1)
+    per_layer = (10 * info.hidden_size + 3 * info.intermediate_size + 4 * kv) * act_bytes * ACTIVATION_FACTOR
+    if job.finetuning_type == "freeze":
+        graph_layers = info.n_layers - min(freeze_layers(info, job))  # from the first trainable layer on
+    else:
+        graph_layers = info.n_layers
+    if job.gradient_checkpointing:
+        # each layer keeps its input; one layer at a time is recomputed with its full activations
+        layers = graph_layers * info.hidden_size * act_bytes + per_layer
+    else:
+        layers = graph_layers * per_layer
+    head = info.vocab_size * 4.0 * (DPO_HEAD_COPIES if job.stage == "dpo" else HEAD_COPIES)
+    return layers + head
+
+
+def estimate_memory(info: ModelInfo, job: JobConfig, on_gpu: bool, world_size: int | None = None,
+                    zero_stage: int | None = None) -> MemoryEstimate:
+    """Peak memory per device (GPU memory, or process RSS on CPU). world_size / zero_stage default to
+    what the job asks for (num_processes, distributed_strategy)."""
+    job_world, job_stage = job_parallelism(job)
+    world_size = job_world if world_size is None else world_size
+    zero_stage = job_stage if zero_stage is None else zero_stage
+
     trainable = trainable_parameters(info, job)
     linear = sum(i * o for _, i, o in info.linear_layers)
     other = max(info.n_params - linear, 0)  # embeddings, norms: never quantized
-    weights = linear * _weight_bytes(job) + other * (2.0 if (job.bf16 or job.fp16) and job.finetuning_type != "full"
-                                                   else 4.0)
+    frozen_low_precision = (job.bf16 or job.fp16) and job.finetuning_type != "full"
+    weights = linear * _weight_bytes(job) + other * (2.0 if frozen_low_precision else 4.0)
+    if job.finetuning_type == "lora":
+        weights += trainable * 4.0  # the adapters themselves, fp32
     gradients = trainable * 4.0
     optimizer = trainable * (2.0 if "8bit" in job.optim else 0.0 if job.optim == "sgd" else 8.0)
+    if world_size > 1 and zero_stage == 0 and job.distributed_strategy != "none":
+        gradients *= 2  # DDP's gradient buckets: a second copy
     if zero_stage >= 1:
         optimizer /= world_size
     if zero_stage >= 2:
         gradients /= world_size
     if zero_stage >= 3:
         weights /= world_size
+    offloaded = 0.0
+    if job.offload and zero_stage >= 1:
+        offloaded, optimizer = optimizer, 0.0
+        if zero_stage >= 3:
+            offloaded, weights = offloaded + weights, 0.0
 
-    tokens = job.per_device_train_batch_size * job.cutoff_len
-    act_bytes = 2.0 if (job.bf16 or job.fp16) else 4.0
-    # Per layer and token a llama block keeps ~ 10 hidden-sized and 3 intermediate-sized tensors for
-    # the backward pass (attention through SDPA keeps no seq x seq matrix).
-    per_layer = (10 * info.hidden_size + 3 * info.intermediate_size) * act_bytes
-    if job.gradient_checkpointing:
-        layers = info.n_layers * info.hidden_size * act_bytes + per_layer  # inputs, plus one layer recomputed
-    else:
-        layers = info.n_layers * per_layer
-    logits = info.vocab_size * 4.0 * 2  # fp32 logits and their gradient (chunked by TRL's fused head: upper bound)
-    activations = tokens * (layers + logits)
-    if job.stage == "dpo":
-        activations *= 2  # chosen and rejected in one batch (the reference pass keeps no graph)
-    overhead = (500 if on_gpu else 700) * MB  # CUDA context / Python, torch and tokenizer
+    tokens = job.per_device_train_batch_size * job.cutoff_len * (2 if job.stage == "dpo" else 1)  # chosen+rejected
+    activations = tokens * activation_bytes_per_token(info, job)
+    overlap = (1 - BACKWARD_OVERLAP) * min(activations, gradients)
+    dequant = linear * 4.0 if job.quantization_bit is not None and not on_gpu else 0.0
+    overhead = OVERHEAD_MB["gpu" if on_gpu else "cpu"] * MB
     return MemoryEstimate(
         weights_mb=weights / MB, gradients_mb=gradients / MB, optimizer_mb=optimizer / MB,
-        activations_mb=activations / MB, overhead_mb=overhead / MB,
+        activations_mb=activations / MB, overhead_mb=overhead / MB, overlap_mb=overlap / MB,
+        dequant_mb=dequant / MB, offloaded_mb=offloaded / MB, tokens_per_step=tokens,
         trainable_params=trainable, total_params=info.n_params,
     )

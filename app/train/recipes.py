@@ -122,6 +122,14 @@ def _config(cls, kwargs: dict):
     return cls(**{k: v for k, v in kwargs.items() if k in known})
 
 
+def keep_trainable_fp32(model) -> None:
+    """TRL casts QLoRA adapters to bf16 weights (no fp32 master copy); put them back in fp32, as
+    LLaMA-Factory does, so small Adam updates are not rounded away. Runs before the optimizer exists."""
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+
+
 def build_sft_trainer(job: JobConfig, model, tokenizer, data: Prepared, output_dir: Path, callbacks: list):
     """SFT and continued pre-training: the rows are already tokenized (input_ids, completion_mask)."""
     from trl import SFTConfig, SFTTrainer
@@ -135,12 +143,15 @@ def build_sft_trainer(job: JobConfig, model, tokenizer, data: Prepared, output_d
         completion_only_loss=job.stage == "sft",
         packing=False,
     ))
-    return StudioSFTTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                            processing_class=tokenizer, callbacks=callbacks)
+    trainer = StudioSFTTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                               processing_class=tokenizer, callbacks=callbacks)
+    keep_trainable_fp32(trainer.model)
+    return trainer
 
 
 def build_dpo_trainer(job: JobConfig, model, tokenizer, data: Prepared, output_dir: Path, callbacks: list):
-    """DPO on conversational preference rows; with LoRA the reference is the base, adapter disabled."""
+    """DPO on conversational preference rows. The reference: with LoRA/QLoRA the base with the adapter
+    disabled (ref_model=None, no second copy); with freeze/full, TRL loads a frozen copy of the base."""
     from trl import DPOConfig, DPOTrainer
 
     class StudioDPOTrainer(AtomicCheckpointMixin, DPOTrainer):
@@ -151,8 +162,10 @@ def build_dpo_trainer(job: JobConfig, model, tokenizer, data: Prepared, output_d
         loss_type=job.pref_loss,
         max_length=job.cutoff_len,
     ))
-    return StudioDPOTrainer(model=model, ref_model=None, args=args, train_dataset=data.train,
-                            eval_dataset=data.eval, processing_class=tokenizer, callbacks=callbacks)
+    trainer = StudioDPOTrainer(model=model, ref_model=None, args=args, train_dataset=data.train,
+                               eval_dataset=data.eval, processing_class=tokenizer, callbacks=callbacks)
+    keep_trainable_fp32(trainer.model)
+    return trainer
 
 
 BUILDERS = {"sft": build_sft_trainer, "pt": build_sft_trainer, "dpo": build_dpo_trainer}

@@ -1,0 +1,77 @@
+"""The memory estimate: every method, precision, sharding and offload moves the right terms."""
+
+from __future__ import annotations
+
+import pytest
+from test_train_support import make_tiny_model
+
+from app.config import JobConfig
+from app.models.info import describe_model
+from app.train.memory import estimate_memory, trainable_parameters
+
+
+@pytest.fixture(scope="module")
+def info(tmp_path_factory):
+    return describe_model(make_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+def est(info, on_gpu=False, **fields):
+    job = JobConfig(**({"cutoff_len": 256, "per_device_train_batch_size": 2} | fields))
+    return estimate_memory(info, job, on_gpu=on_gpu)
+
+
+def test_rows_add_up_to_the_total(info):
+    for fields in ({}, {"finetuning_type": "full"}, {"quantization_bit": 4},
+                   {"distributed_strategy": "deepspeed_zero3", "num_processes": 4, "offload": True}):
+        estimate = est(info, **fields)
+        parts = [mb for name, mb in estimate.rows() if name not in ("total",) and "not in total" not in name]
+        assert sum(parts) == pytest.approx(estimate.total_mb)
+        assert estimate.rows()[-1] == ("total", estimate.total_mb)
+
+
+def test_methods(info):
+    lora, qlora = est(info), est(info, quantization_bit=4)
+    freeze, full = est(info, finetuning_type="freeze", freeze_trainable_layers=1), est(info, finetuning_type="full")
+    assert lora.trainable_params == trainable_parameters(info, JobConfig()) < freeze.trainable_params  # 1 of 2 layers
+    assert full.trainable_params == info.n_params
+    assert full.gradients_mb == pytest.approx(info.n_params * 4 / 2**20)
+    assert full.optimizer_mb == pytest.approx(2 * full.gradients_mb)  # Adam: two fp32 states
+    assert qlora.weights_mb < lora.weights_mb  # 4-bit linear layers
+    assert est(info, quantization_bit=8).weights_mb > qlora.weights_mb
+    assert qlora.dequant_mb > 0 and est(info, on_gpu=True, quantization_bit=4).dequant_mb == 0  # CPU only
+    # freezing the last layer keeps activations for that layer only; freezing the first keeps them all
+    assert freeze.activations_mb < lora.activations_mb
+    assert est(info, finetuning_type="freeze", freeze_trainable_layers=-1).activations_mb == lora.activations_mb
+    assert full.total_mb > lora.total_mb
+    assert full.overlap_mb > 0  # gradients and activations never whole at once
+
+
+def test_activations_scale_with_tokens_precision_and_checkpointing(info):
+    base = est(info)
+    assert est(info, cutoff_len=512).activations_mb == pytest.approx(2 * base.activations_mb)
+    assert base.tokens_per_step == 512
+    assert est(info, gradient_checkpointing=True).activations_mb < base.activations_mb
+    assert est(info, bf16=True).activations_mb < base.activations_mb
+    assert est(info, stage="dpo").tokens_per_step == 2 * base.tokens_per_step  # chosen and rejected
+
+
+def test_sharding_and_offload(info):
+    full = est(info, finetuning_type="full")
+    ddp = est(info, finetuning_type="full", distributed_strategy="ddp", num_processes=4)
+    zero2 = est(info, finetuning_type="full", distributed_strategy="deepspeed_zero2", num_processes=4)
+    zero3 = est(info, finetuning_type="full", distributed_strategy="deepspeed_zero3", num_processes=4)
+    fsdp = est(info, finetuning_type="full", distributed_strategy="fsdp", num_processes=4)
+    assert ddp.gradients_mb == pytest.approx(2 * full.gradients_mb)  # DDP buckets
+    assert zero2.optimizer_mb == pytest.approx(full.optimizer_mb / 4)
+    assert zero2.gradients_mb == pytest.approx(full.gradients_mb / 4)
+    assert zero2.weights_mb == pytest.approx(full.weights_mb)
+    assert zero3.weights_mb == pytest.approx(full.weights_mb / 4)
+    assert fsdp.as_dict() == zero3.as_dict()
+    offloaded = est(info, finetuning_type="full", distributed_strategy="deepspeed_zero3", num_processes=4,
+                    offload=True)
+    assert offloaded.optimizer_mb == 0 and offloaded.weights_mb == 0
+    assert offloaded.offloaded_mb == pytest.approx(zero3.optimizer_mb + zero3.weights_mb)
+    assert offloaded.total_mb < zero3.total_mb
+    # explicit arguments win over the job's fields (the UI passes the visible GPU count)
+    assert estimate_memory(info, JobConfig(finetuning_type="full"), on_gpu=True, world_size=4,
+                           zero_stage=3).weights_mb == pytest.approx(full.weights_mb / 4)

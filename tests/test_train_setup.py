@@ -1,0 +1,57 @@
+"""Fast checks of how a job becomes a model and trainer arguments (no training)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from app.config import PREF_LOSSES, JobConfig
+from app.train import model_setup, recipes
+
+
+def test_qlora_4bit_is_nf4_double_quantized_with_fp32_compute_on_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = model_setup.quantization_config(JobConfig(quantization_bit=4))
+    assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4" and config.bnb_4bit_use_double_quant
+    assert config.bnb_4bit_compute_dtype == torch.float32
+    assert model_setup.quantization_config(JobConfig(quantization_bit=8)).load_in_8bit
+    assert model_setup.quantization_config(JobConfig()) is None
+
+
+def test_qlora_computes_in_bf16_on_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert model_setup.quantization_config(JobConfig(quantization_bit=4)).bnb_4bit_compute_dtype == torch.bfloat16
+    assert model_setup.quantized_compute_dtype(JobConfig(quantization_bit=4, fp16=True)) == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # pre-Ampere
+    assert model_setup.quantized_compute_dtype(JobConfig(quantization_bit=4)) == torch.float16
+
+
+@pytest.mark.parametrize("loss", PREF_LOSSES)
+def test_pref_loss_names_are_trl_loss_types(loss, tmp_path):
+    from trl import DPOConfig
+
+    config = DPOConfig(output_dir=str(tmp_path), loss_type=loss, use_cpu=True, bf16=False, report_to=[])
+    assert config.loss_type == [loss]
+
+
+def test_trainable_weights_go_back_to_fp32():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)).to(torch.bfloat16)
+    model[1].requires_grad_(False)
+    recipes.keep_trainable_fp32(model)
+    assert model[0].weight.dtype == torch.float32 and model[1].weight.dtype == torch.bfloat16
+
+
+def test_trainer_arguments(tmp_path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    args = recipes.trainer_arguments(JobConfig(), tmp_path / "checkpoints", has_eval=True)
+    assert args["eval_on_start"] is True and args["eval_strategy"] == "steps"
+    assert "fsdp" not in args and "deepspeed" not in args and "ddp_find_unused_parameters" not in args
+    assert recipes.trainer_arguments(JobConfig(), tmp_path, has_eval=False)["eval_on_start"] is False
+
+    from app.train import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed, "force_fsdp_on_cpu", lambda: None)  # no global patch in this process
+    args = recipes.trainer_arguments(JobConfig(distributed_strategy="fsdp", num_processes=2), tmp_path, False)
+    assert args["fsdp"] == "full_shard auto_wrap" and args["ddp_find_unused_parameters"] is False
