@@ -1,7 +1,7 @@
 """Training speed of one SFT LoRA job through the studio's worker: real tokens/s and peak memory.
 
     .venv/bin/python bench/train_speed.py [--steps 12] [--batch 4] [--cutoff 256] [--modes padding_free,padded]
-                                          [--model M] [--dataset identity] [--json out.json]
+                                          [--model M] [--dataset identity] [--repeat 1] [--json out.json]
 
 Each mode is `ftstudio train` in a child process (exactly what the UI starts) on the same job: the
 embedded SmolLM2-135M-Instruct (or --model), the identity set (rows of mixed length), LoRA r16 on every
@@ -77,22 +77,29 @@ def main() -> None:
     parser.add_argument("--modes", default="padding_free,padded")
     parser.add_argument("--dataset", default="identity")
     parser.add_argument("--model", default=None, help="model folder or hub id (default: the embedded model)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the modes alternately this many times and keep each mode's best run "
+                             "(other work on the machine slows runs down, never up)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
 
     import torch
 
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    best: dict[str, dict] = {}
+    for round_ in range(args.repeat):
         for mode in args.modes.split(","):
-            print(f"  {mode}: training {args.steps} steps...", file=sys.stderr, flush=True)
-            rows.append(run_mode(mode, args, Path(tmp)))
+            print(f"  {mode}: training {args.steps} steps (round {round_ + 1})...", file=sys.stderr, flush=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                row = run_mode(mode, args, Path(tmp))
+            if mode not in best or row["tokens_per_s"] > best[mode]["tokens_per_s"]:
+                best[mode] = row
+    rows = list(best.values())
 
     device = rows[0]["device"] if rows else "?"
     where = torch.cuda.get_device_name(0) if device == "cuda" else f"{platform.processor() or 'CPU'}, " \
         f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
     print(f"\nSFT LoRA r16 (all linear), {args.dataset}, batch {args.batch}, cutoff_len {args.cutoff}, "
-          f"{args.steps} steps, fp32, {device} ({where})")
+          f"{args.steps} steps, fp32, {device} ({where}); best of {args.repeat}")
     header = f"{'mode':13} {'tokens/s':>9} {'s/step':>7} {'peak RSS MB':>12} {'GPU peak MB':>12} {'final loss':>10}"
     print(header)
     print("-" * len(header))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_support import make_tiny_catalogue, make_tiny_model, run_in_process, step_logs
+from test_train_support import isolated_worker, make_tiny_catalogue, make_tiny_model, run_in_process, step_logs
 
 from app.config import JobConfig
 from app.train.runfolder import RunFolder
@@ -145,8 +145,10 @@ def test_pretraining_lowers_heldout_perplexity(tmp_path):
     heldout = REPO / "data" / "raw_text_heldout.txt"
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
     model = AutoModelForCausalLM.from_pretrained(embedded_model_dir())
-    before = perplexity(model, tokenizer, heldout, 128)
-    after = perplexity(PeftModel.from_pretrained(model, run.adapter), tokenizer, heldout, 128)
+    with isolated_worker():  # one thread, as the training ran
+        before = perplexity(model, tokenizer, heldout, 128)
+        after = perplexity(PeftModel.from_pretrained(model, run.adapter), tokenizer, heldout, 128)
+    print(f"held-out perplexity {before:.2f} -> {after:.2f}")
     assert after < 0.9 * before, (before, after)
 
 
@@ -166,6 +168,8 @@ def test_dpo_makes_heldout_pairs_prefer_the_chosen_answer(tmp_path):
 
     evals = [e for e in events if e["kind"] == "eval"]
     before, after = evals[0], evals[-1]
+    keys = ("eval_rewards_margins", "eval_rewards_accuracies", "eval_logps_chosen", "eval_logps_rejected")
+    print(f"held-out DPO metrics, step 0 -> {steps}:", {k: (round(before[k], 4), round(after[k], 4)) for k in keys})
     assert (before["step"], after["step"]) == (0, steps)
     # the 8 held-out pairs: at step 0 the policy is the reference (LoRA starts as a no-op)
     assert before["eval_rewards_margins"] == pytest.approx(0.0, abs=1e-6)
@@ -173,3 +177,31 @@ def test_dpo_makes_heldout_pairs_prefer_the_chosen_answer(tmp_path):
     assert after["eval_rewards_accuracies"] >= 0.75, after
     preference = after["eval_logps_chosen"] - after["eval_logps_rejected"]
     assert preference > before["eval_logps_chosen"] - before["eval_logps_rejected"]
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_dpo_reference_model(tiny, tmp_path, method):
+    """LoRA: no second model, the reference is the base with the adapter disabled. Full fine-tuning:
+    TRL's frozen copy of the base, which training leaves untouched."""
+    from app.train.model_setup import apply_method, load_model, load_tokenizer
+    from app.train.recipes import build_dpo_trainer, prepare_data
+
+    job = JobConfig(stage="dpo", finetuning_type=method, model_name_or_path=str(tiny["model"]),
+                    dataset="preference_demo", dataset_dir=str(REPO), cutoff_len=64, max_samples=8,
+                    per_device_train_batch_size=2, gradient_accumulation_steps=1, max_steps=2, learning_rate=1e-3,
+                    logging_steps=1, save_steps=1000)
+    tokenizer = load_tokenizer(tiny["model"], None)
+    model = apply_method(job, load_model(job, tiny["model"]))
+    trainer = build_dpo_trainer(job, model, tokenizer, prepare_data(job, tokenizer), tmp_path / "ckpt", [])
+    if method == "lora":
+        assert trainer.ref_model is None
+        trainer.train()
+        return
+    reference = trainer.ref_model
+    assert reference is not None and reference is not model
+    assert not any(p.requires_grad for p in reference.parameters())
+    before = {k: v.clone() for k, v in reference.state_dict().items()}
+    policy_before = model.model.layers[0].mlp.up_proj.weight.detach().clone()
+    trainer.train()
+    assert all(torch.equal(before[k], v) for k, v in reference.state_dict().items())
+    assert not torch.equal(policy_before, model.model.layers[0].mlp.up_proj.weight)

@@ -50,7 +50,15 @@ def make_tiny_catalogue(root: Path) -> Path:
 
 @contextmanager
 def isolated_worker():
-    """Run app.train.worker.run_job in this process, leaving signal handlers and logging as found."""
+    """Run app.train.worker.run_job in this process, leaving signal handlers, logging and threads as found.
+
+    One torch thread: the test process may have loaded torch before app.train could ask OpenMP for
+    passive waiting (see app/train/__init__.py), and spinning threads on a busy machine are up to 9x
+    slower than one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -64,6 +72,7 @@ def isolated_worker():
         root.setLevel(level)
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+        torch.set_num_threads(threads)
 
 
 def run_in_process(job) -> int:

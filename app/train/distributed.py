@@ -260,9 +260,17 @@ def launch(config_file: Path, job_file: Path) -> None:
     Raises when a rank fails or a signal stopped the launcher (after the ranks have exited)."""
     from accelerate.commands.launch import launch_command, launch_command_parser
 
-    os.environ[LAUNCHED_ENV] = "1"
-    os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_TIMEOUT_S))
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    args = launch_command_parser().parse_args(
-        ["--config_file", str(config_file), "--module", "app.cli", "train", str(job_file)])
-    launch_command(args)
+    env = {LAUNCHED_ENV: "1", "PYTHONUNBUFFERED": "1",
+           "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_TIMEOUT_S))}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)  # inherited by the ranks
+    try:
+        args = launch_command_parser().parse_args(
+            ["--config_file", str(config_file), "--module", "app.cli", "train", str(job_file)])
+        launch_command(args)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

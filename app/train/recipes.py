@@ -165,6 +165,8 @@ def build_dpo_trainer(job: JobConfig, model, tokenizer, data: Prepared, output_d
     trainer = StudioDPOTrainer(model=model, ref_model=None, args=args, train_dataset=data.train,
                                eval_dataset=data.eval, processing_class=tokenizer, callbacks=callbacks)
     keep_trainable_fp32(trainer.model)
+    if trainer.ref_model is not None:  # TRL runs it under no_grad; frozen makes that a guarantee
+        trainer.ref_model.requires_grad_(False)
     return trainer
 
 
