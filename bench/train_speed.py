@@ -64,7 +64,9 @@ def run_mode(mode: str, args, root: Path) -> dict:
     step_times = [b["t"] - a["t"] for a, b in zip(logs, logs[1:])]
     device = next((e["device"] for e in events if e.get("name") == "model_ready"), "?")
     gpu_peak = max((e["mem_mb"] for e in logs), default=0) if device == "cuda" else None
-    return {"mode": mode, "tokens_per_s": tokens / seconds, "tokens": last["tokens"], "steps": len(logs),
+    worker_log = (out / "worker.log").read_text(errors="replace")
+    omp = next((line.split(": ", 1)[-1] for line in worker_log.splitlines() if "OpenMP" in line), "?")
+    return {"mode": mode, "omp": omp, "tokens_per_s": tokens / seconds, "tokens": last["tokens"], "steps": len(logs),
             "s_per_step": statistics.median(step_times), "peak_rss_mb": peak_rss / 2**20, "gpu_peak_mb": gpu_peak,
             "final_loss": last["loss"], "device": device}
 
@@ -111,6 +113,8 @@ def main() -> None:
         print(f"\n{rows[0]['mode']} / {rows[1]['mode']}: {rows[0]['tokens_per_s'] / rows[1]['tokens_per_s']:.2f}x "
               "real tokens/s")
     print("tokens/s counts real (non-padding) tokens after the first step.")
+    for row in rows:
+        print(f"{row['mode']}: {row['omp']}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

@@ -55,3 +55,29 @@ def test_trainer_arguments(tmp_path, monkeypatch):
     monkeypatch.setattr(distributed, "force_fsdp_on_cpu", lambda: None)  # no global patch in this process
     args = recipes.trainer_arguments(JobConfig(distributed_strategy="fsdp", num_processes=2), tmp_path, False)
     assert args["fsdp"] == "full_shard auto_wrap" and args["ddp_find_unused_parameters"] is False
+
+
+def test_openmp_waits_passively_only_on_a_busy_machine(monkeypatch):
+    import sys
+
+    from app.train import threads
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert "set by the user" in threads.choose_omp_wait_policy()
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert "torch already loaded" in threads.choose_omp_wait_policy()  # too late to matter
+    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.setattr(threads, "other_processes_cpu", lambda: 0.1)
+    assert "spin" in threads.choose_omp_wait_policy() and "OMP_WAIT_POLICY" not in threads.os.environ
+    monkeypatch.setattr(threads, "other_processes_cpu", lambda: 1.5)
+    assert "passively" in threads.choose_omp_wait_policy()
+    assert threads.os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+
+
+def test_other_processes_cpu_is_a_number_of_cores():
+    import os
+
+    from app.train.threads import other_processes_cpu
+
+    assert 0.0 <= other_processes_cpu(0.05) <= (os.cpu_count() or 1) + 0.5

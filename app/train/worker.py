@@ -18,10 +18,13 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.config import JobConfig
-from app.train.callbacks import StopFlag
 from app.train.runfolder import RunFolder
+
+if TYPE_CHECKING:  # torch is imported only once the OpenMP wait policy is chosen (app.train.threads)
+    from app.train.callbacks import StopFlag
 
 log = logging.getLogger("ftstudio.worker")
 
@@ -64,6 +67,10 @@ def _same_file(stream, path: Path) -> bool:
 def run_job(job: JobConfig) -> int:
     """Run a job to its end; returns the process exit code (0 finished or stopped, 1 failed)."""
     from app.train import distributed
+    from app.train.threads import choose_omp_wait_policy
+
+    threads = choose_omp_wait_policy()  # before anything loads torch
+    from app.train.callbacks import StopFlag
 
     job = job.with_run_folder()
     run = RunFolder(Path(job.output_dir))
@@ -71,6 +78,7 @@ def run_job(job: JobConfig) -> int:
         return _run_rank(job, run)
     run.create(job)
     _setup_logging(run)
+    log.info("%s", threads)
     events = run.events
     stop = StopFlag()
     training = {"on": False}
@@ -166,6 +174,7 @@ def _run_rank(job: JobConfig, run: RunFolder) -> int:
     """One rank of a launched job. Rank 0 writes the events; with our own launcher as leader, the
     leader writes `done` and the final state (rank 0 reports its outcome as `rank_state`)."""
     from app.train import distributed
+    from app.train.callbacks import StopFlag
 
     led = os.environ.get(distributed.LAUNCHED_ENV) == "1"
     writer = distributed.is_main_process()
