@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 studio: $(STAMP)
 	$(VENV)/bin/ftstudio webui --host $(HOST) --port $(PORT)
 
-# Debian's chromium drives the browser tests (never `playwright install`, which downloads a browser).
+# Debian's chromium drives the browser tests (Playwright's own browser download fails offline).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

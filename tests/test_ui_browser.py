@@ -35,7 +35,7 @@ SLOW_MS = 240_000  # a busy 2-core machine: model loading and steps take their t
 VIEWPORT = {"width": 1400, "height": 1000}
 
 if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} not found (apt-get install chromium; never `playwright install`)",
+    pytest.skip(f"{CHROMIUM} not found (apt-get install chromium; Debian's chromium is required)",
                 allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 

@@ -35,7 +35,7 @@ RUN = "tiny-lora"
 PROMPT = "What is the capital of France?"
 
 if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} not found (apt-get install chromium; never `playwright install`)",
+    pytest.skip(f"{CHROMIUM} not found (apt-get install chromium; Debian's chromium is required)",
                 allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
