@@ -8,29 +8,17 @@ Screenshots go to docs/screenshots/chat.png and export.png (used by the README).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser_support import CHROMIUM, CHROMIUM_ARGS, SHOTS, VIEWPORT, Studio, free_port
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = REPO / "docs" / "screenshots"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-quic", "--disable-sync",
-                 "--disable-dev-shm-usage"]
 SLOW_MS = 300_000  # 2 busy cores: loading, generating and exporting take their time
-VIEWPORT = {"width": 1400, "height": 1000}
 RUN = "tiny-lora"
 PROMPT = "What is the capital of France?"
 
@@ -38,12 +26,6 @@ if not Path(CHROMIUM).exists():
     pytest.skip(f"{CHROMIUM} not found (apt-get install chromium; Debian's chromium is required)",
                 allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_finished_run(runs: Path, name: str, base_model: str | None = None) -> Path:
@@ -67,55 +49,6 @@ def make_finished_run(runs: Path, name: str, base_model: str | None = None) -> P
     AutoTokenizer.from_pretrained(base_path).save_pretrained(run.adapter)
     run.write_state(state="finished", exit_code=0)
     return run.path
-
-
-class Studio:
-    def __init__(self, root: Path):
-        self.root = root
-        self.runs = root / "runs"
-        self.datasets = root / "datasets"
-        self.datasets.mkdir(parents=True)
-        shutil.copy(REPO / "dataset_info.json", self.datasets / "dataset_info.json")
-        shutil.copytree(REPO / "data", self.datasets / "data")
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        env = os.environ | {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
-                            "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONUNBUFFERED": "1"}
-        log = open(self.root / "webui.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "webui", "--port", str(self.port), "--runs-dir", str(self.runs),
-             "--dataset-dir", str(self.datasets)],
-            cwd=self.root, env=env | {"PYTHONPATH": str(REPO)}, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"webui exited: {(self.root / 'webui.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.url, timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        raise RuntimeError("webui did not answer within 240 s")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        record = self.runs / ".api-server" / "server.json"  # an API server a failed test left behind
-        if record.is_file():
-            try:
-                os.killpg(json.loads(record.read_text())["pgid"], signal.SIGKILL)
-            except (ProcessLookupError, PermissionError, KeyError, ValueError):
-                pass
 
 
 @pytest.fixture(scope="module")
