@@ -1,4 +1,4 @@
-"""ftstudio: webui | train | chat | export | api | data — everything the UI does, from a terminal."""
+"""ftstudio: webui | train | eval | chat | export | api | data — everything the UI does, from a terminal."""
 
 from __future__ import annotations
 
@@ -6,17 +6,14 @@ import argparse
 import os
 import sys
 
-from app.config import ConfigError, JobConfig
+from app.config import ConfigError, EvalConfig, JobConfig, Schema
 
 
-def _train_parser(sub) -> argparse.ArgumentParser:
-    parser = sub.add_parser(
-        "train", help="run one training job (a YAML job file and/or flags)",
-        description="Run a training job in this process. Flags override the YAML file; names are "
-                    "LLaMA-Factory's. Example: ftstudio train examples/identity_lora.yaml --max_steps 20",
-    )
-    parser.add_argument("job", nargs="?", help="job YAML file (LLaMA-Factory training keys)")
-    for name, f in JobConfig.spec().items():
+def _schema_parser(sub, cls: type[Schema], help: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand whose flags are the fields of a config schema (names, help and defaults from it)."""
+    parser = sub.add_parser(cls.COMMAND, help=help, description=description)
+    parser.add_argument("job", nargs="?", help=f"a YAML file of {cls.__name__} keys (LLaMA-Factory's names)")
+    for name, f in cls.spec().items():
         choices = [str(c) for c in f.metadata["choices"] if c is not None] if f.metadata["choices"] else None
         default = f" (default: {f.default})" if f.default is not None else ""
         parser.add_argument(f"--{name}", dest=name, default=argparse.SUPPRESS, metavar=
@@ -25,28 +22,33 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     return parser
 
 
-def build_job(args: argparse.Namespace) -> JobConfig:
-    data: dict = {}
-    notes: list[str] = []
-    if args.job:
-        import yaml
+def build_config(cls: type[Schema], args: argparse.Namespace):
+    """The YAML file's keys (if any), overridden by the flags given; notes go to stderr."""
+    from app.config.schema import read_yaml_mapping
 
-        with open(args.job, encoding="utf-8") as handle:
-            loaded = yaml.safe_load(handle) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError([f"{args.job}: expected a mapping of keys to values"])
-        data.update(loaded)
-    data.update({k: v for k, v in vars(args).items() if k in JobConfig.spec()})
-    job = JobConfig.from_dict(data, notes)
+    data: dict = read_yaml_mapping(args.job) if args.job else {}
+    data.update({k: v for k, v in vars(args).items() if k in cls.spec()})
+    notes: list[str] = []
+    config = cls.from_dict(data, notes)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    return job
+    return config
+
+
+def build_job(args: argparse.Namespace) -> JobConfig:
+    return build_config(JobConfig, args)
 
 
 def cmd_train(args) -> int:
     from app.train.worker import run_job
 
     return run_job(build_job(args))
+
+
+def cmd_eval(args) -> int:
+    from app.eval.worker import run_eval
+
+    return run_eval(build_config(EvalConfig, args))
 
 
 def cmd_data(args) -> int:
@@ -107,7 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--lang", choices=["en", "zh"], default=os.environ.get("FTSTUDIO_LANG", "en"))
     web.set_defaults(func=cmd_webui)
 
-    _train_parser(sub).set_defaults(func=cmd_train)
+    _schema_parser(sub, JobConfig, "run one training job (a YAML job file and/or flags)",
+                   "Run a training job in this process. Flags override the YAML file; names are "
+                   "LLaMA-Factory's. Example: ftstudio train examples/identity_lora.yaml --max_steps 20",
+                   ).set_defaults(func=cmd_train)
+    _schema_parser(sub, EvalConfig, "evaluate a model or a run: predictions, BLEU/ROUGE, perplexity",
+                   "Generate answers for held-out rows and score them against the references, in this "
+                   "process. Example: ftstudio eval --adapter_name_or_path runs/identity-lora "
+                   "--eval_dataset identity_eval").set_defaults(func=cmd_eval)
 
     chat = sub.add_parser("chat", help="chat with a base model or a trained adapter")
     chat.add_argument("--model", help="base model (folder or hub id; empty = embedded default)")

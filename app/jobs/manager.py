@@ -1,6 +1,7 @@
-"""Spawning, stopping, queueing and re-attaching training workers.
+"""Spawning, stopping, queueing and re-attaching workers (training, evaluation, ...).
 
-Each run is `ftstudio train runs/<name>/job.yaml` in its own process group, its output going to
+Each run is `ftstudio <kind> runs/<name>/<config file>` (train + job.yaml, eval + eval.yaml) in its own
+process group; one runs at a time, the others queue. Its its output going to
 `worker.log` (a file, never a pipe, so a worker never blocks on a reader that went away). The
 manager keeps no state of its own: every answer is rebuilt from the run folders, so a browser
 refresh or a UI restart finds every run as it is.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from app.config import JobConfig
+from app.config import Schema
 from app.train.runfolder import ACTIVE_STATES, RunFolder
 
 STOP_GRACE_S = 30.0
@@ -38,6 +39,7 @@ class RunSummary:
     total_steps: int | None
     loss: float | None
     error: str | None
+    kind: str = "train"  # the ftstudio command that runs it: train | eval | ...
 
 
 def process_alive(pid: int | None, started: float | None = None) -> bool:
@@ -62,7 +64,7 @@ class JobManager:
         self._lock = threading.RLock()
 
     # -- submitting ---------------------------------------------------------------------------
-    def submit(self, job: JobConfig) -> RunFolder:
+    def submit(self, job: Schema) -> RunFolder:
         """Create the run folder and start it now, or queue it behind the running one."""
         job = job.with_run_folder(self.runs_dir)
         run = RunFolder(Path(job.output_dir))
@@ -86,7 +88,7 @@ class JobManager:
             log.flush()
             env = os.environ | {"PYTHONUNBUFFERED": "1"}
             proc = subprocess.Popen(
-                [self.python, "-m", "app.cli", "train", str(run.job_file)],
+                [self.python, "-m", "app.cli", run.kind, str(run.job_file)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: Stop signals the whole group
                 cwd=os.getcwd(), env=env,
@@ -96,7 +98,7 @@ class JobManager:
 
     # -- watching -----------------------------------------------------------------------------
     def runs(self) -> list[RunFolder]:
-        found = [RunFolder(p) for p in self.runs_dir.iterdir() if (p / "job.yaml").is_file()]
+        found = [run for run in map(RunFolder, self.runs_dir.iterdir()) if run.exists()]
         return sorted(found, key=lambda r: r.job_file.stat().st_mtime, reverse=True)
 
     def run(self, name: str) -> RunFolder:
@@ -160,9 +162,9 @@ class JobManager:
             last = next((e for e in reversed(run.events.read_all())
                          if e["kind"] == "log" and not e.get("final")), {})
             out.append(RunSummary(
-                name=run.name, path=str(run.path), state=state.get("state", "?"),
-                stage=job.stage if job else "?", method=job.finetuning_type if job else "?",
-                dataset=job.dataset if job else "?", started=state.get("started"),
+                name=run.name, path=str(run.path), kind=run.kind, state=state.get("state", "?"),
+                stage=getattr(job, "stage", run.kind), method=getattr(job, "finetuning_type", "-"),
+                dataset=",".join(job.datasets) if job else "?", started=state.get("started"),
                 step=last.get("step"), total_steps=last.get("total_steps"), loss=last.get("loss"),
                 error=state.get("error"),
             ))
@@ -181,9 +183,12 @@ class JobManager:
         if state.get("state") != "running" or not process_alive(pid, state.get("started")):
             self.refresh()
             return
-        pgid = state.get("pgid") or pid
+        pgid = state.get("pgid")  # None: the worker does not lead its own group; signal it alone
         try:
-            os.killpg(pgid, signal.SIGTERM)
+            if pgid:
+                os.killpg(pgid, signal.SIGTERM)
+            else:
+                os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             return
         waiter = threading.Thread(target=self._reap_after, args=(run, pgid, pid, grace_s), daemon=True)
@@ -191,7 +196,7 @@ class JobManager:
         if wait:
             waiter.join()
 
-    def _reap_after(self, run: RunFolder, pgid: int, pid: int, grace_s: float) -> None:
+    def _reap_after(self, run: RunFolder, pgid: int | None, pid: int, grace_s: float) -> None:
         deadline = time.time() + grace_s
         while time.time() < deadline:
             child = self._children.get(run.name)
@@ -201,7 +206,10 @@ class JobManager:
                 break
             time.sleep(0.2)
         try:
-            os.killpg(pgid, signal.SIGKILL)  # anything left in the group: no orphans
+            if pgid:
+                os.killpg(pgid, signal.SIGKILL)  # anything left in the group: no orphans
+            elif process_alive(pid):
+                os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         child = self._children.get(run.name)

@@ -31,6 +31,7 @@ import psutil
 import torch
 from transformers import TrainerCallback
 
+from app.train.lifecycle import StopFlag
 from app.train.runfolder import EventLog
 
 
@@ -39,13 +40,6 @@ def memory_mb() -> int:
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated() // 2**20)
     return int(psutil.Process(os.getpid()).memory_info().rss // 2**20)
-
-
-class StopFlag:
-    """Set from a SIGTERM handler; read by the callback at the next step boundary."""
-
-    def __init__(self) -> None:
-        self.requested = False
 
 
 class EventCallback(TrainerCallback):

@@ -1,6 +1,9 @@
-"""The run folder: the contract between a training worker and whoever watches it.
+"""The run folder: the contract between a worker (training, evaluation, ...) and whoever watches it.
 
     runs/<name>/job.yaml  command.txt  state.json  events.jsonl  worker.log  checkpoints/  adapter/
+
+The configuration file names the kind of job: `job.yaml` a training run (JobConfig), `eval.yaml` an
+evaluation (EvalConfig); each config class says its file name and the `ftstudio` command that runs it.
 
 Everything a UI needs to rebuild a run after a restart lives in these files; nothing lives only in
 a process's memory. Writers append or replace atomically, so a reader never sees half a record.
@@ -9,25 +12,16 @@ a process's memory. Writers append or replace atomically, so a reader never sees
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.config import JobConfig
+from app.atomic import write_json_atomic, write_text_atomic
+from app.config import CONFIG_KINDS, JobConfig, Schema
 
 STATES = ("queued", "running", "finished", "failed", "stopped")
 ACTIVE_STATES = ("queued", "running")
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, ensure_ascii=False, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class EventLog:
@@ -76,7 +70,6 @@ class RunFolder:
     def name(self) -> str:
         return self.path.name
 
-    job_file = property(lambda self: self.path / "job.yaml")
     command_file = property(lambda self: self.path / "command.txt")
     state_file = property(lambda self: self.path / "state.json")
     log_file = property(lambda self: self.path / "worker.log")
@@ -87,18 +80,35 @@ class RunFolder:
     def events(self) -> EventLog:
         return EventLog(self.path / "events.jsonl")
 
+    def _config_class(self) -> type[Schema]:
+        for cls in CONFIG_KINDS:
+            if (self.path / cls.FILE_NAME).is_file():
+                return cls
+        return JobConfig
+
+    @property
+    def job_file(self) -> Path:
+        """The run's configuration file: job.yaml (training), eval.yaml (evaluation), ..."""
+        return self.path / self._config_class().FILE_NAME
+
+    @property
+    def kind(self) -> str:
+        """The `ftstudio` command that runs this folder's job: train, eval, ..."""
+        return self._config_class().COMMAND
+
     def exists(self) -> bool:
-        return self.job_file.is_file()
+        return any((self.path / cls.FILE_NAME).is_file() for cls in CONFIG_KINDS)
 
-    def create(self, job: JobConfig) -> None:
-        """Write job.yaml and command.txt (the exact line that reproduces the run)."""
+    def create(self, job: Schema) -> None:
+        """Write the job's config file and command.txt (the exact line that reproduces the run)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        job.save(self.job_file)
-        self.command_file.write_text(f"ftstudio train {self.job_file}\n# or, flag by flag:\n"
-                                     f"{job.command_line()}\n", encoding="utf-8")
+        job.save(self.path / job.FILE_NAME)
+        write_text_atomic(self.command_file, f"ftstudio {job.COMMAND} {self.path / job.FILE_NAME}\n"
+                                             f"# or, flag by flag:\n{job.command_line()}\n")
 
-    def job(self) -> JobConfig:
-        return JobConfig.load(self.job_file)
+    def job(self) -> Any:
+        """The run's configuration (a JobConfig for training, an EvalConfig for evaluation, ...)."""
+        return self._config_class().load(self.job_file)
 
     def read_state(self) -> dict:
         try:

@@ -7,15 +7,12 @@ reads the YAML written from it. Defaults live here and nowhere else.
 
 from __future__ import annotations
 
-import dataclasses
-import shlex
 import time
-import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar
 
-import yaml
+from app.config.schema import Schema, param, to_bool
 
 STAGES = ("sft", "dpo", "pt")
 FINETUNING_TYPES = ("lora", "freeze", "full")
@@ -81,31 +78,21 @@ UNSUPPORTED_KEYS = {
 }
 
 # LLaMA-Factory keys with no effect here (bookkeeping of its own runner): accepted and noted.
-IGNORED_KEYS = {
+IGNORED_KEYS = frozenset({
     "do_train", "do_eval", "do_predict", "plot_loss", "overwrite_output_dir", "overwrite_cache",
     "preprocessing_num_workers", "dataloader_num_workers", "report_to", "ddp_timeout", "logging_dir",
     "run_name", "save_only_model", "eval_strategy", "save_strategy", "logging_strategy",
     "flash_attn", "per_device_eval_batch_size", "trust_remote_code", "disable_tqdm",
-}
-
-
-class ConfigError(ValueError):
-    """One or more bad fields; each message starts with the field's name."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
-
-
-def param(default: Any, help: str, group: str, choices: tuple | None = None, minimum: float | None = None,
-          maximum: float | None = None, exclusive_min: bool = False) -> Any:
-    meta = {"help": help, "group": group, "choices": choices, "min": minimum, "max": maximum,
-            "exclusive_min": exclusive_min}
-    return field(default=default, metadata=meta)
+})
 
 
 @dataclass
-class JobConfig:
+class JobConfig(Schema):
+    COMMAND: ClassVar[str] = "train"
+    FILE_NAME: ClassVar[str] = "job.yaml"
+    UNSUPPORTED_KEYS: ClassVar[dict[str, str]] = UNSUPPORTED_KEYS
+    IGNORED_KEYS: ClassVar[frozenset[str]] = IGNORED_KEYS
+
     # model
     model_name_or_path: str | None = param(
         None, "Base model: a local folder, a Hugging Face id (honours HF_ENDPOINT), or empty for the "
@@ -194,98 +181,13 @@ class JobConfig:
 
     # ----------------------------------------------------------------------------------------
     @classmethod
-    def spec(cls) -> dict[str, dataclasses.Field]:
-        return {f.name: f for f in dataclasses.fields(cls)}
-
-    @classmethod
-    def field_type(cls, name: str) -> type:
-        """The base type of a field (str, int, float, bool), Optional unwrapped."""
-        hint = get_type_hints(cls)[name]
-        if get_origin(hint) in (Union, types.UnionType):
-            args = [a for a in get_args(hint) if a is not type(None)]
-            return args[0] if len(args) == 1 else object
-        return hint
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], notes: list[str] | None = None) -> JobConfig:
-        """Build and validate; unknown and unsupported keys are errors, ignored ones go to notes."""
-        data = dict(data or {})
-        problems: list[str] = []
+    def normalise(cls, data: dict[str, Any]) -> dict[str, Any]:
         if "disable_gradient_checkpointing" in data:  # LLaMA-Factory's inverted switch
-            data.setdefault("gradient_checkpointing", not _to_bool(data.pop("disable_gradient_checkpointing")))
-        values: dict[str, Any] = {}
-        spec = cls.spec()
-        for key, raw in data.items():
-            if key in spec:
-                try:
-                    values[key] = cls.coerce(key, raw)
-                except ValueError as exc:
-                    problems.append(f"{key}: {exc}")
-            elif key in UNSUPPORTED_KEYS:
-                problems.append(f"{key}: known LLaMA-Factory key, not supported yet ({UNSUPPORTED_KEYS[key]})")
-            elif key in IGNORED_KEYS:
-                if notes is not None:
-                    notes.append(f"{key}: LLaMA-Factory key with no effect in the studio, ignored")
-            else:
-                close = [k for k in spec if k.startswith(key[:4])][:3]
-                hint = f" (did you mean {', '.join(close)}?)" if close else ""
-                problems.append(f"{key}: unknown key{hint}")
-        if problems:
-            raise ConfigError(problems)
-        job = cls(**values)
-        job.validate()
-        return job
+            data.setdefault("gradient_checkpointing", not to_bool(data.pop("disable_gradient_checkpointing")))
+        return data
 
-    @classmethod
-    def coerce(cls, key: str, raw: Any) -> Any:
-        """Turn a YAML/CLI/UI value into the field's type (strings from the CLI included)."""
-        kind = cls.field_type(key)
-        if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "null", "none")):
-            if key == "resume_from_checkpoint" or _optional(cls, key):
-                return None
-            raise ValueError("must not be empty")
-        if key == "resume_from_checkpoint":
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip()
-            return _to_bool(text) if text.lower() in ("true", "false", "yes", "no") else text
-        if kind is bool:
-            return _to_bool(raw)
-        if kind is int:
-            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-                raise ValueError(f"must be a whole number, got {raw!r}")
-            try:
-                return int(float(raw)) if isinstance(raw, (str, float)) else int(raw)
-            except (TypeError, ValueError):
-                raise ValueError(f"must be a whole number, got {raw!r}") from None
-        if kind is float:
-            if isinstance(raw, bool):
-                raise ValueError(f"must be a number, got {raw!r}")
-            try:
-                return float(raw)
-            except (TypeError, ValueError):
-                raise ValueError(f"must be a number, got {raw!r}") from None
-        if not isinstance(raw, (str, int, float)):
-            raise ValueError(f"must be text, got {type(raw).__name__}")
-        return str(raw).strip()
-
-    def validate(self) -> None:
+    def problems(self) -> list[str]:
         problems = []
-        for name, f in self.spec().items():
-            value = getattr(self, name)
-            meta = f.metadata
-            if value is None:
-                continue
-            if meta.get("choices") and value not in meta["choices"]:
-                shown = ", ".join(str(c) for c in meta["choices"] if c is not None)
-                problems.append(f"{name}: must be one of {shown}, got {value!r}")
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                low, high = meta.get("min"), meta.get("max")
-                if low is not None and (value < low or (meta.get("exclusive_min") and value == low)):
-                    sign = ">" if meta.get("exclusive_min") else ">="
-                    problems.append(f"{name}: must be {sign} {low:g}, got {value:g}")
-                if high is not None and value > high:
-                    problems.append(f"{name}: must be <= {high:g}, got {value:g}")
         if self.bf16 and self.fp16:
             problems.append("fp16: cannot be combined with bf16; choose one")
         if self.quantization_bit is not None and self.finetuning_type != "lora":
@@ -301,8 +203,7 @@ class JobConfig:
             problems.append("dataset: name at least one catalogue dataset")
         if self.val_size >= 1 and not float(self.val_size).is_integer():
             problems.append(f"val_size: a count must be whole, got {self.val_size:g}")
-        if problems:
-            raise ConfigError(problems)
+        return problems
 
     # ----------------------------------------------------------------------------------------
     @property
@@ -313,38 +214,6 @@ class JobConfig:
     def lora_alpha_value(self) -> int:
         return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank
 
-    def to_dict(self, only_changed: bool = False) -> dict[str, Any]:
-        out = {}
-        for name, f in self.spec().items():
-            value = getattr(self, name)
-            if only_changed and value == f.default:
-                continue
-            out[name] = value
-        return out
-
-    def to_yaml(self, only_changed: bool = False) -> str:
-        return yaml.safe_dump(self.to_dict(only_changed), sort_keys=False, allow_unicode=True)
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_yaml(), encoding="utf-8")
-
-    @classmethod
-    def from_yaml_text(cls, text: str, notes: list[str] | None = None) -> JobConfig:
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError([f"yaml: not valid YAML: {exc}"]) from None
-        if not isinstance(data, dict):
-            raise ConfigError([f"yaml: expected a mapping of keys to values, got {type(data).__name__}"])
-        return cls.from_dict(data, notes)
-
-    @classmethod
-    def load(cls, path: str | Path, notes: list[str] | None = None) -> JobConfig:
-        return cls.from_yaml_text(Path(path).read_text(encoding="utf-8"), notes)
-
-    def replace(self, **changes: Any) -> JobConfig:
-        return type(self).from_dict(self.to_dict() | changes)
-
     def with_run_folder(self, runs_root: str | Path = "runs") -> JobConfig:
         """A copy whose output_dir and dataset_dir are absolute, naming a new run when empty."""
         out = self.output_dir or str(Path(runs_root) / default_run_name(self))
@@ -352,32 +221,6 @@ class JobConfig:
         return self.replace(output_dir=str(Path(out).expanduser().resolve()),
                             dataset_dir=str(Path(self.dataset_dir).expanduser().resolve()), deepspeed=deepspeed)
 
-    def cli_args(self) -> list[str]:
-        """Flags that reproduce this job with `ftstudio train` (only the values that differ)."""
-        args = []
-        for name, value in self.to_dict(only_changed=True).items():
-            args += [f"--{name}", "" if value is None else str(value).lower() if isinstance(value, bool)
-                     else str(value)]
-        return args
-
-    def command_line(self) -> str:
-        return shlex.join(["ftstudio", "train", *self.cli_args()])
-
 
 def default_run_name(job: JobConfig) -> str:
     return f"{job.stage}-{job.finetuning_type}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _optional(cls: type, key: str) -> bool:
-    return type(None) in get_args(get_type_hints(cls)[key])
-
-
-def _to_bool(raw: Any) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    text = str(raw).strip().lower()
-    if text in ("true", "yes", "1", "on"):
-        return True
-    if text in ("false", "no", "0", "off"):
-        return False
-    raise ValueError(f"must be true or false, got {raw!r}")

@@ -1,0 +1,33 @@
+"""Typed configurations: the one source of truth for every job the studio runs.
+
+    JobConfig   a training run (`ftstudio train`, the Train tab), LLaMA-Factory's training keys
+    EvalConfig  predictions and scores of one model (`ftstudio eval`, the Evaluate tab), LF's predict keys
+    Schema      the machinery both share (app.config.schema): param(), coercion, validation, YAML
+
+Defaults, help text, groups, choices and bounds live on the fields (`param()`), and nowhere else.
+"""
+
+from app.config.evaluation import EVAL_GROUPS, EvalConfig
+from app.config.job import (
+    DISTRIBUTED_STRATEGIES,
+    FINETUNING_TYPES,
+    GROUPS,
+    IGNORED_KEYS,
+    OPTIMIZERS,
+    PREF_LOSSES,
+    SCHEDULERS,
+    STAGES,
+    UNSUPPORTED_KEYS,
+    JobConfig,
+    default_run_name,
+)
+from app.config.schema import ConfigError, Schema, param, to_bool
+
+# Every kind of job a run folder can hold; its config file name says which (RunFolder.kind).
+CONFIG_KINDS: tuple[type[Schema], ...] = (JobConfig, EvalConfig)
+
+__all__ = [
+    "CONFIG_KINDS", "DISTRIBUTED_STRATEGIES", "EVAL_GROUPS", "FINETUNING_TYPES", "GROUPS", "IGNORED_KEYS",
+    "OPTIMIZERS", "PREF_LOSSES", "SCHEDULERS", "STAGES", "UNSUPPORTED_KEYS", "ConfigError", "EvalConfig",
+    "JobConfig", "Schema", "default_run_name", "param", "to_bool",
+]
