@@ -15,6 +15,7 @@ import torch
 from datasets import Dataset
 
 from app.config import JobConfig
+from app.train import tracking
 from app.train.checkpoints import AtomicCheckpointMixin
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ def prepare_data(job: JobConfig, tokenizer) -> Prepared:
     from app.data.formats import load_examples
     from app.data.render import tokenize_pt, tokenize_sft
 
+    if (separate := tracking.with_eval_dataset(job, tokenizer, prepare_data)) is not None:
+        return separate
     catalogue = load_catalogue(job.dataset_dir)
     examples: list[dict] = []
     for name in job.datasets:
@@ -110,7 +113,7 @@ def trainer_arguments(job: JobConfig, output_dir: Path, has_eval: bool) -> dict:
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,
-    )
+    ) | tracking.trainer_arguments(job, output_dir, has_eval)
 
 
 def _config(cls, kwargs: dict):
@@ -144,7 +147,7 @@ def build_sft_trainer(job: JobConfig, model, tokenizer, data: Prepared, output_d
         packing=False,
     ))
     trainer = StudioSFTTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                               processing_class=tokenizer, callbacks=callbacks)
+                               processing_class=tokenizer, callbacks=callbacks + tracking.callbacks(job, callbacks))
     keep_trainable_fp32(trainer.model)
     return trainer
 
@@ -163,7 +166,8 @@ def build_dpo_trainer(job: JobConfig, model, tokenizer, data: Prepared, output_d
         max_length=job.cutoff_len,
     ))
     trainer = StudioDPOTrainer(model=model, ref_model=None, args=args, train_dataset=data.train,
-                               eval_dataset=data.eval, processing_class=tokenizer, callbacks=callbacks)
+                               eval_dataset=data.eval, processing_class=tokenizer,
+                               callbacks=callbacks + tracking.callbacks(job, callbacks))
     keep_trainable_fp32(trainer.model)
     if trainer.ref_model is not None:  # TRL runs it under no_grad; frozen makes that a guarantee
         trainer.ref_model.requires_grad_(False)
