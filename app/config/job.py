@@ -173,11 +173,13 @@ class JobConfig(Schema):
         False, "At the end, keep the checkpoint with the best eval loss as the run's adapter (save_steps must be a "
         "multiple of eval_steps).", "evaluation")
     metric_for_best_model: str = param("eval_loss", "What 'best' means for load_best_model_at_end and early "
-                                       "stopping: the lowest eval loss.", "evaluation", ("eval_loss", "loss"))
+                                       "stopping: the lowest eval loss.", "evaluation",
+                                       ("eval_loss", "loss"))
     report_to: str | None = param(
-        None, "Experiment trackers, comma separated: empty or none; tensorboard (event files in <run>/tensorboard); wandb "
-        "(offline in <run>/wandb unless WANDB_MODE or WANDB_API_KEY is set); mlflow (<run>/mlruns unless "
-        "MLFLOW_TRACKING_URI is set); comet_ml, clearml, trackio, swanlab, ... when installed.", "evaluation")
+        None, "Experiment trackers, comma separated: empty or none; tensorboard (event files in "
+        "<run>/tensorboard); wandb (offline in <run>/wandb unless WANDB_MODE or WANDB_API_KEY is set); "
+        "mlflow (<run>/mlruns unless MLFLOW_TRACKING_URI is set); comet_ml, clearml, trackio, swanlab, ... "
+        "when installed.", "evaluation")
     # advanced
     optim: str = param("adamw_torch", "Optimizer.", "advanced", OPTIMIZERS)
     weight_decay: float = param(0.0, "AdamW weight decay.", "advanced", minimum=0)

@@ -27,12 +27,13 @@ RUBRICS = {
     "en": "Judge which answer serves the user better. Prefer the answer that is correct, agrees with the reference "
           "answer in substance (names, facts, figures), and answers the question directly and helpfully in the "
           "question's language. Do not prefer an answer for being longer, or for coming first.",
-    "zh": "判断哪个回答对用户更有帮助。优先选择内容正确、在实质上（名称、事实、数字）与参考答案一致、直接而有用地回答问题，"
-          "并且使用与问题相同语言的回答。不要因为回答更长或排在前面而偏向它。",
+    "zh": "判断哪个回答对用户更有帮助。优先选择内容正确、在实质上（名称、事实、数字）与参考答案一致、"
+          "直接而有用地回答问题，并且使用与问题相同语言的回答。不要因为回答更长或排在前面而偏向它。",
 }
 PROMPTS = {
     "en": ("You are an impartial judge comparing two answers to the same question.\n\n{rubric}\n\n"
-           "[Question]\n{question}\n\n[Reference answer]\n{reference}\n\n[Answer 1]\n{first}\n\n[Answer 2]\n{second}\n\n"
+           "[Question]\n{question}\n\n[Reference answer]\n{reference}\n\n"
+           "[Answer 1]\n{first}\n\n[Answer 2]\n{second}\n\n"
            "Explain briefly, then end with one line: `Verdict: 1`, `Verdict: 2` or `Verdict: tie`."),
     "zh": ("你是一名公正的评审，需要比较同一问题的两个回答。\n\n{rubric}\n\n"
            "【问题】\n{question}\n\n【参考答案】\n{reference}\n\n【回答 1】\n{first}\n\n【回答 2】\n{second}\n\n"

@@ -58,8 +58,8 @@ def _from_examples(examples: list[tuple[str, dict[str, Any]]]) -> list[EvalRow]:
 def catalogue_rows(config: EvalConfig) -> list[EvalRow]:
     """Every row of the eval datasets (at most max_samples each) with a final assistant answer."""
     from app.data.catalogue import load_catalogue
-    from app.data.validate import validate_or_raise
     from app.data.formats import load_examples
+    from app.data.validate import validate_or_raise
 
     validate_or_raise(config.dataset_dir, config.datasets, "sft")
     catalogue = load_catalogue(config.dataset_dir)

@@ -154,11 +154,13 @@ ZH_HELP = {
                     "（SFT 与预训练；DPO 总是填充。）",
     "eval_dataset": "用于评估损失的数据集名称，用逗号分隔，代替按 val_size 划分验证集。",
     "early_stopping_steps": "评估损失连续这么多次评估没有改善时停止训练（需要 val_size 或 eval_dataset）。",
-    "load_best_model_at_end": "训练结束时把评估损失最好的检查点作为本次运行的适配器（save_steps 必须是 eval_steps 的整数倍）。",
+    "load_best_model_at_end": "训练结束时把评估损失最好的检查点作为本次运行的适配器"
+                              "（save_steps 必须是 eval_steps 的整数倍）。",
     "metric_for_best_model": "load_best_model_at_end 与早停中“最佳”的含义：评估损失最低。",
-    "report_to": "实验跟踪工具，用逗号分隔：none；tensorboard（事件文件写入 <运行目录>/tensorboard）；wandb（离线写入 "
-                 "<运行目录>/wandb，除非设置了 WANDB_MODE 或 WANDB_API_KEY）；mlflow（写入 <运行目录>/mlruns，除非设置了 "
-                 "MLFLOW_TRACKING_URI）；以及已安装的 comet_ml、clearml、trackio、swanlab 等。",
+    "report_to": "实验跟踪工具，用逗号分隔：none；tensorboard（事件文件写入 <运行目录>/tensorboard）；"
+                 "wandb（离线写入 <运行目录>/wandb，除非设置了 WANDB_MODE 或 WANDB_API_KEY）；"
+                 "mlflow（写入 <运行目录>/mlruns，除非设置了 MLFLOW_TRACKING_URI）；"
+                 "以及已安装的 comet_ml、clearml、trackio、swanlab 等。",
 }
 
 ZH_GROUPS = {
