@@ -96,3 +96,19 @@ def test_csv_keeps_chinese_text(runs, tmp_path):
     assert path.read_bytes().startswith("\ufeff".encode())  # Excel reads UTF-8 with a BOM
     back = pd.read_csv(path, encoding="utf-8-sig")
     assert back["question"].tolist() == QUESTIONS and back.loc[1, "reference"] == REFERENCES[1]
+
+
+def test_the_train_tabs_run_list_marks_the_best_checkpoint(tmp_path):
+    from app.jobs.manager import RunSummary
+    from app.train.runfolder import EventLog
+    from app.ui import plots
+
+    run = tmp_path / "r"
+    run.mkdir()
+    log = EventLog(run / "events.jsonl")
+    log.append("best", step=20, eval_loss=0.81234, path=str(run / "checkpoints" / "checkpoint-20"))
+    log.append("best", step=40, eval_loss=0.51234, path=str(run / "checkpoints" / "checkpoint-40"))
+    marked = RunSummary("r", str(run), "finished", "sft", "lora", "identity", None, 80, 80, 0.4, None)
+    plain = RunSummary("p", str(tmp_path / "p"), "finished", "sft", "lora", "identity", None, 8, 8, 0.4, None)
+    frame = plots.runs_frame(plots.with_best([marked, plain]))
+    assert frame["best"].tolist() == ["★ checkpoint-40 (0.5123)", ""]
