@@ -136,3 +136,17 @@ def test_cli_mistakes_are_one_line_without_traceback(tmp_path):
     assert (tmp_path / "e" / "state.json").is_file()  # the failed run is listed, with its reason
     done = run_cli("judge", "--predictions", str(tmp_path / "missing"), "--baseline", str(tmp_path), cwd=tmp_path)
     assert done.returncode == 1 and "generated_predictions.jsonl" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_readme_has_a_reference_table_for_each_schema():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("config_reference", REPO / "scripts" / "config_reference.py")
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    SECTIONS, markers = reference.SECTIONS, reference.markers
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    for section, (schema, _) in SECTIONS.items():
+        start, end = markers(section)
+        block = text.split(start, 1)[1].split(end, 1)[0]
+        assert all(f"| `{key}` |" in block for key in schema.spec()), section
