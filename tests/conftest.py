@@ -54,9 +54,14 @@ def smol_tokenizer() -> Any:
 @pytest.fixture(scope="session")
 def identity_run(tmp_path_factory) -> Any:
     """The identity demo trained once per session (`ftstudio train examples/identity_lora.yaml`, ~4 minutes on
-    2 cores): tests/test_train_identity.py checks the run, tests/test_eval_identity.py evaluates it."""
+    2 cores): tests/test_train_identity.py checks the run, tests/test_eval_identity.py evaluates it.
+    While developing, FTSTUDIO_TEST_IDENTITY_RUN=<a finished run of that job> reuses a run instead."""
     from app.train.runfolder import RunFolder
 
+    if reuse := os.environ.get("FTSTUDIO_TEST_IDENTITY_RUN"):
+        run = RunFolder(Path(reuse))
+        assert run.read_state().get("state") == "finished", f"FTSTUDIO_TEST_IDENTITY_RUN: {reuse} is not finished"
+        return run
     out = tmp_path_factory.mktemp("runs") / "identity"
     cmd = [sys.executable, "-m", "app.cli", "train", str(REPO / "examples" / "identity_lora.yaml"),
            "--output_dir", str(out), "--dataset_dir", str(REPO)]
