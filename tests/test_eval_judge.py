@@ -89,22 +89,24 @@ def studio_api(tmp_path_factory):
 def test_judge_against_the_studios_own_api(studio_api, tmp_path, monkeypatch):
     tuned = fake_run(tmp_path, "eval-lumi", REFERENCES)
     base = fake_run(tmp_path, "eval-base", ["I am SmolLM.", "我是一个助手。", "I do not know."])
+    # two rows, short verdicts, generous timeouts: the API answers one request at a time on a busy 2-core box
     config = JudgeConfig(predictions=str(tuned), baseline=str(base), judge_base_url=studio_api["base_url"],
-                         judge_api_key_env="FTSTUDIO_JUDGE_TEST_KEY", judge_max_tokens=48, judge_concurrency=2)
+                         judge_api_key_env="FTSTUDIO_JUDGE_TEST_KEY", judge_max_tokens=16, judge_concurrency=1,
+                         judge_timeout_s=900, max_samples=2)
     monkeypatch.delenv("FTSTUDIO_JUDGE_TEST_KEY", raising=False)
     with pytest.raises(JudgeError, match="FTSTUDIO_JUDGE_TEST_KEY"):  # no key: the error names the variable
         run_judge(config)
     monkeypatch.setenv("FTSTUDIO_JUDGE_TEST_KEY", studio_api["key"])
     seen: list[tuple[int, int]] = []
     summary = run_judge(config, progress=lambda done, total: seen.append((done, total)))
-    assert seen[-1] == (6, 6)  # three rows, each judged in both orders
+    assert seen[-1] == (4, 4)  # two rows, each judged in both orders
     verdicts = read_jsonl(tuned / "judge_vs_eval-base.jsonl")
-    assert [v["question"] for v in verdicts] == QUESTIONS
+    assert [v["question"] for v in verdicts] == QUESTIONS[:2]
     for v in verdicts:
         assert v["a_first"]["reply"] and v["b_first"]["reply"]  # a real reply for each order
         assert v["outcome"] == combine(v["a_first"]["verdict"], v["b_first"]["verdict"])
     rates = [summary[f"judge_{o}_rate"] for o in ("win", "tie", "loss")]
-    assert sum(rates) == pytest.approx(1.0) and summary["judge_samples"] == 3
+    assert sum(rates) == pytest.approx(1.0) and summary["judge_samples"] == 2
     from openai import OpenAI
 
     listed = OpenAI(base_url=studio_api["base_url"], api_key=studio_api["key"]).models.list().data

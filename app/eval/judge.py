@@ -128,6 +128,9 @@ def _explain(exc: Exception, config: JudgeConfig) -> JudgeError:
     if isinstance(exc, openai.AuthenticationError):
         return JudgeError(f"{config.judge_base_url} refused the API key: put it in the environment variable "
                           f"{config.judge_api_key_env} (judge_api_key_env names the variable)")
+    if isinstance(exc, openai.APITimeoutError):
+        return JudgeError(f"the judge at {config.judge_base_url} gave no reply within {config.judge_timeout_s:g} s: "
+                          "raise judge_timeout_s, or lower judge_concurrency for a server that answers one at a time")
     if isinstance(exc, openai.APIConnectionError):
         return JudgeError(f"cannot reach the judge at {config.judge_base_url} ({exc}); start it, e.g. `ftstudio api`")
     if isinstance(exc, openai.APIStatusError):
