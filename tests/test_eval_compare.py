@@ -53,7 +53,8 @@ def test_metrics_table_and_one_bar_chart_per_metric(runs, tmp_path):
     assert {"BLEU-4", "ROUGE-1", "ROUGE-2", "ROUGE-L", "eval loss", "perplexity"} <= set(metrics.columns)
     assert "judge win" not in metrics  # no judge ran: no empty columns
     bars = bar_frame(metrics, "predict_rouge-l")
-    assert list(bars.columns) == ["run", "value"] and bars["value"].dtype == float
+    assert list(bars.columns) == ["run", "label", "value"] and bars["value"].dtype == float
+    assert list(bars["label"]) == ["eval-lumi", "eval-base"]  # the model labels (unique here)
     assert bars.set_index("run")["value"].to_dict() == metrics.set_index("run")["ROUGE-L"].to_dict()
     assert bar_frame(metrics, "judge_win_rate").empty
 

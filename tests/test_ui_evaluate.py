@@ -70,11 +70,12 @@ def test_evaluate_compare_and_rank(page, studio):
     set_number(page, "eval-max_samples", "6")
     set_number(page, "eval-max_new_tokens", "24")
     page.locator("#eval-source").get_by_label("Training run", exact=True).check()
-    page.wait_for_function("document.querySelector('#eval-run').innerText.includes('identity-lora')")
+    page.wait_for_function("(document.querySelector('#eval-run input') || {}).value === 'identity-lora'")
     evaluate(page, "Training run")
     evaluate(page, "Base model")
     # both finished runs are picked for comparison: a metrics row each, bars, predictions side by side
-    page.wait_for_function("document.querySelectorAll('#eval-metrics tbody tr').length >= 2", timeout=60_000)
+    both = "(t => t.includes('eval-identity-lora') && t.includes('eval-base'))"
+    page.wait_for_function(f"{both}(document.querySelector('#eval-metrics').innerText)", timeout=60_000)
     metrics = page.locator("#eval-metrics").inner_text()
     assert "eval-identity-lora" in metrics and "eval-base" in metrics and "ROUGE-L" in metrics
     page.wait_for_function("document.querySelectorAll('#eval-bar-rouge-l g.mark-rect path').length >= 2")

@@ -81,12 +81,25 @@ def metrics_frame(runs: list[EvalRun]) -> pd.DataFrame:
 
 
 def bar_frame(metrics: pd.DataFrame, key: str) -> pd.DataFrame:
-    """(run, value) of one metric, for a bar chart; empty when no run has it."""
+    """(run, label, value) of one metric, for a bar chart; empty when no run has it. The label is the short
+    model name (e.g. identity-lora, base) unless two runs share it, then the run's name."""
     title = METRIC_COLUMNS[key]
     if title not in metrics:
-        return pd.DataFrame({"run": pd.Series(dtype=str), "value": pd.Series(dtype=float)})
-    frame = metrics[["run", title]].rename(columns={title: "value"}).dropna()
-    return frame.astype({"run": str, "value": float})
+        return pd.DataFrame({"run": pd.Series(dtype=str), "label": pd.Series(dtype=str),
+                             "value": pd.Series(dtype=float)})
+    unique = metrics["model"].is_unique and bool(metrics["model"].astype(bool).all())
+    frame = metrics.assign(label=metrics["model"] if unique else metrics["run"])
+    frame = frame[["run", "label", title]].rename(columns={title: "value"}).dropna()
+    return frame.astype({"run": str, "label": str, "value": float})
+
+
+def axis_top(key: str, values: Any) -> float:
+    """Where a bar chart's value axis ends: bars start at 0, and a score's axis spans its whole scale."""
+    if key.startswith("predict_"):
+        return 100.0
+    if key.startswith("judge_"):
+        return 1.0
+    return float(max(values)) * 1.1 if len(values) else 1.0
 
 
 def predictions_frame(runs: list[EvalRun]) -> pd.DataFrame:

@@ -74,6 +74,13 @@ def build_config(model: dict[str, Any], datasets: list[str] | str | None, values
     return EvalConfig.from_dict(data).with_run_folder(runs_dir)
 
 
+def column_width(column: str) -> str:
+    """Width of a predictions-table column: numbers narrow, texts wide."""
+    if column in ("index", "gain") or column.endswith("ROUGE-L"):
+        return "90px"
+    return "260px" if column in ("question", "reference") else "320px"
+
+
 def status_line(run: RunFolder) -> str:
     """state · stage · progress · speed · ETA (Markdown) of an evaluation run, from its files."""
     state = run.read_state().get("state", "?")

@@ -95,6 +95,12 @@ STRINGS: dict[str, dict[str, str]] = {
 }
 
 
+def widths(frame: Any) -> Any:
+    """The predictions table with its columns sized: narrow numbers, the texts sharing the rest."""
+    sizes = [eval_view.column_width(str(c)) for c in frame.columns]
+    return gr.update(value=frame, column_widths=sizes)
+
+
 def _problems(lines: list[str]) -> str:
     return "\n".join(f"- ⚠ {line}" for line in lines)
 
@@ -144,8 +150,10 @@ def build(ctx: StudioContext) -> None:
     for start_at in (0, 3):
         with gr.Row():
             for key in BARS[start_at:start_at + 3]:
-                bars.append(gr.BarPlot(value=None, x="run", y="value", label=compare.METRIC_COLUMNS[key],
+                bars.append(gr.BarPlot(value=None, x="label", y="value", label=compare.METRIC_COLUMNS[key],
                                        y_title=compare.METRIC_COLUMNS[key], x_title="", height=220,
+                                       x_label_angle=0, sort="x", visible=key != "judge_win_rate",
+                                       y_lim=[0, compare.axis_top(key, [])] if key != "perplexity" else None,
                                        elem_id=f"eval-bar-{key.replace('predict_', '').replace('_', '-')}"))
     with gr.Row():
         best = ctx.make(gr.Button, "eval.best", size="sm", elem_id="eval-best")
@@ -316,13 +324,26 @@ def build_compare(ctx: StudioContext, lang: Any, chosen: Any, message: Any, metr
         except compare.CompareError as exc:
             return [_problems([str(exc)]), *empty, None, gr.update(value=None)]
         numbers = compare.metrics_frame(runs)
-        charts = [compare.bar_frame(numbers, key) for key in BARS]
+        charts = []
+        for key in BARS:
+            chart = compare.bar_frame(numbers, key)
+            charts.append(gr.update(value=chart, visible=not chart.empty))
         out = Path(tempfile.mkdtemp(prefix="ftstudio-eval-")) / "predictions.csv"
         compare.write_csv(frame, out)
-        return ["", numbers, *[c if not c.empty else None for c in charts], frame, (names, frame),
-                gr.update(value=str(out))]
+        return ["", numbers, *charts, widths(frame), (names, frame), gr.update(value=str(out))]
 
-    chosen.change(on_compare, [chosen, lang], [message, metrics, *bars, predictions, table, csv], **PRIVATE)
+    def perplexity_axis(names: list[str] | None) -> Any:
+        """A property update of its own, after the data: a gr.BarPlot whose properties change redraws with the
+        data it had (see app.ui.plots.color_map); bars start at 0."""
+        try:
+            runs = [compare.load_run(ctx.runs_dir / n) for n in names or []]
+        except compare.CompareError:
+            return gr.skip()
+        chart = compare.bar_frame(compare.metrics_frame(runs), "perplexity") if runs else None
+        return gr.update(y_lim=[0, compare.axis_top("perplexity", chart["value"])]) if chart is not None else gr.skip()
+
+    chosen.change(on_compare, [chosen, lang], [message, metrics, *bars, predictions, table, csv], **PRIVATE).then(
+        perplexity_axis, chosen, bars[BARS.index("perplexity")], **PRIVATE)
 
     def rank(how: str):
         def on_rank(held: Any) -> Any:
@@ -330,8 +351,8 @@ def build_compare(ctx: StudioContext, lang: Any, chosen: Any, message: Any, metr
                 return gr.skip()
             names, frame = held
             if how == "all":
-                return frame
-            return compare.ranked(frame, names, worst=how == "worst", top=10)
+                return widths(frame)
+            return widths(compare.ranked(frame, names, worst=how == "worst", top=10))
         return on_rank
 
     for button, how in ((best, "best"), (worst, "worst"), (every, "all")):
