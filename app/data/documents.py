@@ -16,7 +16,7 @@ from pathlib import Path
 from app.data.errors import DataError, Problem, display_path
 
 DOCUMENT_SUFFIXES = (".txt", ".md", ".markdown", ".pdf")
-MIN_PASSAGE_CHARS = 40  # shorter pieces (page numbers, stray headings) carry no question worth asking
+MIN_PASSAGE_CHARS = 40  # shorter pieces (headings, page numbers) open the next passage, or are dropped
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,22 @@ def cut_passages(text: str, max_chars: int = 1200, markdown: bool = False) -> li
     text = re.sub(r"[ \t]+\n", "\n", text.replace("\r\n", "\n"))
     low = max(MIN_PASSAGE_CHARS, max_chars // 2)
     splitter = (MarkdownSplitter if markdown else TextSplitter)((low, max_chars))
-    return [chunk for chunk in splitter.chunks(text) if len(chunk.strip()) >= MIN_PASSAGE_CHARS]
+    passages: list[str] = []
+    carry = ""  # a piece too short to stand alone (a heading): it opens the next passage when that fits
+    for chunk in splitter.chunks(text):
+        joined = f"{carry}\n\n{chunk}" if carry else chunk
+        if carry and len(joined) > max_chars:
+            if len(carry) >= MIN_PASSAGE_CHARS:
+                passages.append(carry)
+            joined = chunk
+        if len(joined) < MIN_PASSAGE_CHARS:
+            carry = joined
+            continue
+        passages.append(joined)
+        carry = ""
+    if len(carry) >= MIN_PASSAGE_CHARS:
+        passages.append(carry)
+    return passages
 
 
 def load_passages(paths: list[str], max_chars: int = 1200) -> list[Passage]:
