@@ -131,22 +131,25 @@ def api_server(tmp_path) -> Iterator[str]:
         log.close()
 
 
-def test_endpoint_generation_against_the_studio_api(api_server, catalogue, tmp_path, monkeypatch):
-    from app.datatools.worker import run_generate
+def generate_cli(args: list[str], key: str) -> subprocess.CompletedProcess:
+    env = os.environ | {"PYTHONPATH": str(REPO), "SYNTH_TEST_KEY": key}
+    return subprocess.run([sys.executable, "-m", "app.cli", "data", "generate", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
 
-    base = {"topics": TOPICS, "num_rows": 2, "max_new_tokens": 24, "keep_truncated": True,
-            "api_base": api_server, "api_model": "SmolLM2-135M-Instruct", "api_key_env": "SYNTH_TEST_KEY",
-            "dataset_dir": str(catalogue)}
-    monkeypatch.setenv("SYNTH_TEST_KEY", "wrong-key")
-    refused = GenerateConfig.from_dict(base | {"dataset_name": "synth_refused",
-                                              "output_dir": str(tmp_path / "runs" / "refused")})
-    assert run_generate(refused) == 1
-    done = json.loads((tmp_path / "runs" / "refused" / "state.json").read_text())
-    assert done["state"] == "failed" and "refused the key in $SYNTH_TEST_KEY" in done["error"]
-    assert "wrong-key" not in (tmp_path / "runs" / "refused" / "generate.yaml").read_text()
 
-    monkeypatch.setenv("SYNTH_TEST_KEY", "sk-synth-test")
-    config = GenerateConfig.from_dict(base | {"dataset_name": "synth_api",
-                                             "output_dir": str(tmp_path / "runs" / "api")})
-    assert run_generate(config) == 0, (tmp_path / "runs" / "api" / "worker.log").read_text()[-3000:]
+def test_endpoint_generation_against_the_studio_api(api_server, catalogue, tmp_path):
+    base = ["--topics", TOPICS, "--num_rows", "2", "--max_new_tokens", "24", "--keep_truncated", "true",
+            "--api_base", api_server, "--api_model", "SmolLM2-135M-Instruct", "--api_key_env", "SYNTH_TEST_KEY",
+            "--dataset_dir", str(catalogue)]
+    refused = tmp_path / "runs" / "refused"
+    done = generate_cli(base + ["--dataset_name", "synth_refused", "--output_dir", str(refused)], "wrong-key")
+    assert done.returncode == 1
+    state = json.loads((refused / "state.json").read_text())
+    assert state["state"] == "failed" and "refused the key in $SYNTH_TEST_KEY" in state["error"]
+    assert "wrong-key" not in (refused / "generate.yaml").read_text()
+
+    run = tmp_path / "runs" / "api"
+    done = generate_cli(base + ["--dataset_name", "synth_api", "--output_dir", str(run)], "sk-synth-test")
+    assert done.returncode == 0, done.stderr[-3000:]
     check_registered(catalogue, "synth_api", rows_wanted=2)
+    assert "endpoint http://127.0.0.1" in (run / "events.jsonl").read_text()

@@ -88,10 +88,14 @@ def test_insight_and_generate_panels(page, studio):
     status = page.inner_text("#gen-status")
     assert "finished" in status and "2 / 2 rows" in status, status
     assert "registered as 'browser_synth'" in status
-    assert page.locator("#gen-rows tbody tr").count() == 2
+    page.wait_for_function("document.querySelector('#gen-rows').innerText.includes('instruction')")
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.wait_for_timeout(800)
-    page.locator("#tab-dataset").screenshot(path=str(SHOTS / "dataset_tools.png"))
+    top, bottom = page.locator("#insight-panel").bounding_box(), page.locator("#gen-panel").bounding_box()
+    scroll = page.evaluate("window.scrollY")
+    page.screenshot(path=str(SHOTS / "dataset_tools.png"), full_page=True,
+                    clip={"x": 0, "y": top["y"] + scroll, "width": VIEWPORT["width"],
+                          "height": bottom["y"] + bottom["height"] - top["y"]})
     catalogue = json.loads((studio.datasets / "dataset_info.json").read_text(encoding="utf-8"))
     assert "browser_synth" in catalogue
 

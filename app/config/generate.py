@@ -60,7 +60,7 @@ class GenerateConfig(Schema):
                               "attempts).", "generation", minimum=1)
     temperature: float = param(0.8, "Sampling temperature of the generator; 0 = greedy.", "generation", minimum=0)
     max_new_tokens: int = param(256, "Longest generated question or answer, in tokens.", "generation", minimum=8)
-    keep_truncated: bool = param(False, "Keep answers cut off at max_new_tokens (dropped by default).",
+    keep_truncated: bool = param(False, "Keep questions and answers cut off at max_new_tokens (dropped by default).",
                                  "generation")
     near_duplicate_threshold: float = param(
         0.9, "Drop a row whose instruction is at least this similar (0-1) to a kept one.", "generation",

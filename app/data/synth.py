@@ -218,7 +218,9 @@ class Synthesizer:
             prompt = QUESTION_FROM_TOPIC.format(topic=seed.topic, avoid=avoid, language="English")
         reply = self._ask(prompt, min(QUESTION_TOKENS, self.config.max_new_tokens))
         question = clean_question(reply.text)
-        if not question or reply.truncated:
+        # Cut off mid-line, the question is unfinished; cut off after its first line, it is whole.
+        unfinished = reply.truncated and "\n" not in reply.text.strip() and not self.config.keep_truncated
+        if not question or unfinished:
             self.progress.dropped["no question" if not question else "question too long"] += 1
             return None
         previous.append(question)

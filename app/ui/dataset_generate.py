@@ -59,7 +59,7 @@ STRINGS: dict[str, dict[str, str]] = {
     "gen.num_rows": {"en": "Rows", "zh": "行数"},
     "gen.temperature": {"en": "Temperature", "zh": "温度"},
     "gen.max_new_tokens": {"en": "Max new tokens", "zh": "最大生成长度"},
-    "gen.keep_truncated": {"en": "Keep answers cut at max new tokens", "zh": "保留被最大生成长度截断的回答"},
+    "gen.keep_truncated": {"en": "Keep text cut at max new tokens", "zh": "保留被最大生成长度截断的文本"},
     "gen.system": {"en": "System prompt (stored with every row)", "zh": "系统提示（随每行保存）"},
     "gen.dataset_name": {"en": "Dataset name", "zh": "数据集名称"},
     "gen.overwrite": {"en": "Replace a dataset of that name", "zh": "覆盖同名数据集"},
@@ -114,7 +114,8 @@ def status_view(ctx: StudioContext, lang: str, name: str | None) -> tuple[str, p
     state = run.read_state().get("state", "?")
     events = run.events.read_all()
     progress = next((e for e in reversed(events) if e["kind"] == "progress"), {})
-    stage = next((e for e in reversed(events) if e["kind"] in ("stage", "done")), {})
+    stage = next((e for e in reversed(events) if e["kind"] in ("stage", "done")
+                  and (e.get("message") or e.get("error"))), {})
     message = stage.get("message") or stage.get("error") or ""
     dropped = progress.get("dropped") or {}
     items = ", ".join(f"{n} {why}" for why, n in dropped.items())
