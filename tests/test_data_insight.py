@@ -98,3 +98,17 @@ def test_demo_set_under_the_embedded_template(smol_tokenizer):
     assert all(p > 0 and r > 0 for p, r in zip(insight.prompt_tokens, insight.response_tokens))
     cutoff = insight.suggested_cutoff()
     assert cutoff % 16 == 0 and insight.truncated(cutoff) <= 0.01 * 80
+
+
+@pytest.mark.slow
+def test_cli_stats_of_a_demo_set(capsys):
+    from app.cli import main
+
+    assert main(["data", "stats", "identity", "--dataset-dir", str(REPO), "--cutoff_len", "64", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows"] == report["valid_rows"] == 84 and report["cutoff_len"] == 64
+    assert report["languages"] == {"en": 53, "zh": 31}  # the set's 53 English and 31 Chinese rows
+    assert 0 < report["truncated"] < 84 and report["suggested_cutoff_len"] % 16 == 0
+    assert sum(n for _, _, n in report["histograms"]["prompt"]) == 84
+    assert main(["data", "stats", "no_such_set", "--dataset-dir", str(REPO)]) == 1
+    assert "unknown dataset 'no_such_set'" in capsys.readouterr().err
