@@ -37,7 +37,7 @@ from app.data.files import BROKEN, read_rows
 from app.data.formats import _Row, convert_row, data_files, stage_problems
 from app.data.render import render, tokenize_sft
 
-VERSION = 1  # bump when the computed fields change: old cache files are ignored
+VERSION = 2  # bump when the computed fields change: old cache files are ignored
 COVERAGE = 0.99  # the suggested cutoff_len keeps this share of rows whole
 CUTOFF_MULTIPLE = 16  # ... rounded up to a multiple of this
 NEAR_DUP_THRESHOLD = 0.9
@@ -77,14 +77,19 @@ class Insight:
     def total_tokens(self) -> list[int]:
         return [p + r for p, r in zip(self.prompt_tokens, self.response_tokens)]
 
-    def truncated(self, cutoff_len: int) -> int:
-        """Rows longer than `cutoff_len` tokens: training keeps only their first `cutoff_len` tokens."""
+    def truncated(self, cutoff_len: int) -> int | None:
+        """Rows longer than `cutoff_len` tokens: training keeps only their first `cutoff_len` tokens.
+
+        None for pre-training text, which is packed into cutoff_len blocks: nothing is cut away."""
+        if self.stage == "pt":
+            return None
         return sum(1 for n in self.total_tokens if n > cutoff_len)
 
     def suggested_cutoff(self, coverage: float = COVERAGE) -> int | None:
-        """The smallest multiple of 16 that keeps `coverage` of the rows whole (nearest-rank percentile)."""
+        """The smallest multiple of 16 that keeps `coverage` of the rows whole (nearest-rank percentile);
+        None for pre-training text (packed, so any block size loses nothing)."""
         lengths = sorted(self.total_tokens)
-        if not lengths:
+        if not lengths or self.stage == "pt":
             return None
         need = lengths[max(math.ceil(coverage * len(lengths)), 1) - 1]
         value = max(CUTOFF_MULTIPLE, -(-need // CUTOFF_MULTIPLE) * CUTOFF_MULTIPLE)
@@ -259,9 +264,10 @@ def compute_insight(spec: DatasetSpec, tokenizer: Any, model_key: str, context_l
 def _count_empty(spec: DatasetSpec, raw: dict[str, Any], empty: Counter[str]) -> None:
     """Per mapped column: rows where it is missing or blank; per message list: rows with a blank turn."""
     content_tag = spec.tags.get("content_tag", "content")
-    for role, column in spec.columns.items():
-        if role in ("tools", "images", "videos", "audios", "kto_tag"):
-            continue
+    mapped = {"text": spec.text_column} if spec.stage == "pt" else spec.columns
+    for role, column in mapped.items():
+        if role in ("tools", "images", "videos", "audios", "kto_tag") or (role == "response" and spec.ranking):
+            continue  # not text, or not used by this set (a ranking set answers in chosen/rejected)
         value = raw.get(column)
         if _blank(value):
             empty[column] += 1

@@ -67,8 +67,10 @@ def report_text(insight: Insight, cutoff_len: int) -> str:
         f"prompt tokens      {spread('prompt')}",
         f"response tokens    {spread('response')}",
         f"total tokens       {spread('total')}",
-        f"cut at cutoff_len  {s['truncated']} rows longer than {cutoff_len} tokens",
-        f"suggested cutoff   {s['suggested_cutoff_len']} (keeps 99% of rows whole)",
+        f"cut at cutoff_len  {s['truncated']} rows longer than {cutoff_len} tokens" if s["truncated"] is not None
+        else "cut at cutoff_len  none: pre-training text is packed into cutoff_len blocks",
+        f"suggested cutoff   {s['suggested_cutoff_len']} (keeps 99% of rows whole)" if s["suggested_cutoff_len"]
+        else "suggested cutoff   -",
         f"duplicates         {s['exact_duplicates']} exact, {s['repeated_prompts']} repeated prompts with "
         f"another answer, {near} near (prompt >= 90% similar)",
         f"empty fields       {empty}",
