@@ -95,8 +95,8 @@ def summary_markdown(ctx: StudioContext, lang: str, insight: Insight, cutoff: in
     ]
     if insight.problems:
         rows.append((t("insight.problems"), "<br>".join(insight.problems)))
-    head = f"**{s['dataset']}** · {s['stage']} · {s['model']} {t('insight.cached') if cached else ''}"
-    return "\n".join([head, "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
+    head = f"| **{s['dataset']}** | {s['stage']} · {s['model']} {t('insight.cached') if cached else ''} |"
+    return "\n".join([head, "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
 
 
 def dataset_names(ctx: StudioContext) -> list[str]:
