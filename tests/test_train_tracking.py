@@ -60,7 +60,8 @@ def test_training_keys_follow_llamafactory_rules():
 
 # -- early stopping, the best checkpoint, TensorBoard ----------------------------------------------
 @pytest.mark.slow
-def test_early_stopping_ends_a_run_whose_eval_loss_rises(tiny, tmp_path):
+def test_early_stopping_ends_a_run_whose_eval_loss_rises(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", "")  # the worker points it into the run; undone after the test
     job = tiny_job(tiny, tmp_path / "run", eval_dataset="other", learning_rate=0.5, max_steps=30, save_steps=1,
                    eval_steps=1, early_stopping_steps=2, load_best_model_at_end=True, save_total_limit=2,
                    report_to="tensorboard")
@@ -98,7 +99,8 @@ def test_early_stopping_ends_a_run_whose_eval_loss_rises(tiny, tmp_path):
 def test_wandb_runs_offline_inside_the_run_folder(tiny, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_PROJECT"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # recorded, so that what the worker sets is undone after the test
+        monkeypatch.delenv(name)
     assert run_in_process(tiny_job(tiny, tmp_path / "wb", report_to="wandb")) == 0
     run = RunFolder(tmp_path / "wb")
     assert run.read_state()["state"] == "finished", run.tail_log()
