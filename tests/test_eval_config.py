@@ -150,3 +150,29 @@ def test_the_readme_has_a_reference_table_for_each_schema():
         start, end = markers(section)
         block = text.split(start, 1)[1].split(end, 1)[0]
         assert all(f"| `{key}` |" in block for key in schema.spec()), section
+
+
+def test_the_forms_name_the_model_and_the_export_tab_pairs_gguf_with_merged(tmp_path):
+    from app.ui.eval_export import eval_pair
+    from app.ui.eval_view import build_config, model_keys
+
+    runs = tmp_path / "runs"
+    assert model_keys("base", None, runs, None, None, None) == {"model_name_or_path": None,
+                                                                "adapter_name_or_path": None}
+    assert model_keys("run", None, runs, "lumi", "checkpoint-40", None)["adapter_name_or_path"] == str(
+        runs / "lumi" / "checkpoints" / "checkpoint-40")
+    assert model_keys("path", None, runs, None, None, "x/lumi-q8_0.gguf")["model_name_or_path"] == "x/lumi-q8_0.gguf"
+    with pytest.raises(ValueError, match="adapter_name_or_path"):
+        model_keys("run", None, runs, None, None, None)
+    config = build_config(model_keys("base", None, runs, None, None, None), ["identity_eval"],
+                          {"max_samples": 6.0, "temperature": 0.0}, REPO, runs, "my-eval")
+    assert config.max_samples == 6 and config.output_dir == str((runs / "my-eval").resolve())
+    held = build_config({"adapter_name_or_path": str(runs / "lumi"), "validation_run": str(runs / "lumi")}, [], {},
+                        REPO, runs, "")
+    assert held.validation_run and held.eval_dataset is None
+    report = {"name": "lumi", "quant": "q8_0", "merged_dir": "/x/merged", "gguf": {"path": "/x/lumi-q8_0.gguf"}}
+    merged, gguf = eval_pair(report, ["identity_eval"], 6, runs, REPO)
+    assert (merged.model_name_or_path, gguf.model_name_or_path) == ("/x/merged", "/x/lumi-q8_0.gguf")
+    assert merged.datasets == gguf.datasets == ["identity_eval"] and merged.max_samples == gguf.max_samples == 6
+    with pytest.raises(ValueError):
+        eval_pair({"name": "lumi", "format": "safetensors", "merged_dir": "/x"}, [], None, runs, REPO)

@@ -28,7 +28,11 @@ def tiny(tmp_path_factory) -> dict:
                     per_device_train_batch_size=2, gradient_accumulation_steps=1, save_steps=1, max_steps=2,
                     learning_rate=1e-2, val_size=2, output_dir=str(root / "runs" / "tiny-lora"))
     assert run_in_process(job) == 0
-    return {"model": model, "catalogue": catalogue, "run": RunFolder(root / "runs" / "tiny-lora")}
+    freeze = job.replace(finetuning_type="freeze", freeze_trainable_layers=1, val_size=0, save_steps=100,
+                         output_dir=str(root / "runs" / "tiny-freeze"))
+    assert run_in_process(freeze) == 0
+    return {"model": model, "catalogue": catalogue, "run": RunFolder(root / "runs" / "tiny-lora"),
+            "freeze": RunFolder(root / "runs" / "tiny-freeze")}
 
 
 def evaluate(config: EvalConfig) -> tuple[int, Path]:
@@ -39,17 +43,18 @@ def evaluate(config: EvalConfig) -> tuple[int, Path]:
     return code, Path(str(config.output_dir))
 
 
-def test_a_model_folder_a_run_and_a_checkpoint(tiny, tmp_path):
+def test_a_model_folder_a_run_a_checkpoint_and_a_full_run(tiny, tmp_path):
     common = dict(eval_dataset="tiny", dataset_dir=str(tiny["catalogue"]), max_new_tokens=6,
                   per_device_eval_batch_size=3)
     for name, keys in {"folder": {"model_name_or_path": str(tiny["model"])},
                        "run": {"adapter_name_or_path": str(tiny["run"].path)},
-                       "checkpoint": {"adapter_name_or_path": str(tiny["run"].checkpoints / "checkpoint-1")}}.items():
+                       "checkpoint": {"adapter_name_or_path": str(tiny["run"].checkpoints / "checkpoint-1")},
+                       "freeze": {"adapter_name_or_path": str(tiny["freeze"].path)}}.items():
         code, out = evaluate(EvalConfig(output_dir=str(tmp_path / name), **common, **keys))
         assert code == 0, RunFolder(out).tail_log()
         results = read_results(out)
         assert LF_KEYS <= set(results) and results["predict_samples"] == 8 and results["partial"] is False
-        assert results["kind"] == ("base" if name == "folder" else "lora")
+        assert results["kind"] == {"folder": "base", "freeze": "full"}.get(name, "lora")
         lines = read_jsonl(out / PREDICTIONS)
         assert len(lines) == 8 and all(set(line) == {"prompt", "predict", "label"} for line in lines)
         assert lines[0]["prompt"].endswith("<|im_start|>assistant\n")  # rendered as LF writes it

@@ -62,7 +62,7 @@ def build_config(model: dict[str, Any], datasets: list[str] | str | None, values
     """The EvalConfig the form describes (ConfigError lists every problem)."""
     chosen = [datasets] if isinstance(datasets, str) else list(datasets or [])
     data: dict[str, Any] = {key: value for key, value in values.items() if value not in ("", None)}
-    data |= model | {"eval_dataset": ",".join(chosen) or None, "dataset_dir": str(dataset_dir)}
+    data |= {"eval_dataset": ",".join(chosen) or None, "dataset_dir": str(dataset_dir)} | model
     for key in ("max_samples", "max_new_tokens", "per_device_eval_batch_size", "cutoff_len", "seed"):
         if isinstance(data.get(key), float) and data[key].is_integer():
             data[key] = int(data[key])

@@ -42,6 +42,9 @@ STRINGS: dict[str, dict[str, str]] = {
     "eval.path": {"en": "Path", "zh": "路径"},
     "eval.path.info": {"en": "A merged export or model folder, a .gguf file, or a run / adapter folder.",
                        "zh": "合并导出的模型目录、.gguf 文件，或运行/适配器目录。"},
+    "eval.validation": {"en": "The run's validation split", "zh": "该运行的验证集"},
+    "eval.validation.info": {"en": "The rows it held out (val_size), instead of the datasets.",
+                             "zh": "训练时留出的行（val_size），代替所选数据集。"},
     "eval.datasets": {"en": "Eval datasets", "zh": "评估数据集"},
     "eval.datasets.info": {"en": EvalConfig.spec()["eval_dataset"].metadata["help"],
                            "zh": "用于评估的数据集（每行最后一个助手回答作为参考答案）。"},
@@ -119,6 +122,8 @@ def build(ctx: StudioContext) -> None:
         checkpoint = ctx.make(gr.Dropdown, "eval.checkpoint", choices=[("final adapter", eval_view.FINAL)],
                               value=eval_view.FINAL, visible=False, scale=2, elem_id="eval-checkpoint")
         path = ctx.make(gr.Textbox, "eval.path", visible=False, scale=3, elem_id="eval-path")
+        validation = ctx.make(gr.Checkbox, "eval.validation", value=False, visible=False, scale=2,
+                              elem_id="eval-validation")
     with gr.Row(equal_height=True):
         fits = datasets_for_stage(ctx.dataset_dir, "sft")
         datasets = ctx.make(gr.Dropdown, "eval.datasets", choices=fits, multiselect=True, scale=3,
@@ -197,9 +202,10 @@ def build(ctx: StudioContext) -> None:
         event(on_refresh, [run, chosen, judge_a, judge_b], choice_outputs, show_progress="hidden", **PRIVATE)
 
     def on_source(src: str) -> list[Any]:
-        return [gr.update(visible=src == "run"), gr.update(visible=src == "run"), gr.update(visible=src == "path")]
+        run_only = gr.update(visible=src == "run")
+        return [run_only, run_only, gr.update(visible=src == "path"), run_only]
 
-    source.change(on_source, source, [run, checkpoint, path], show_progress="hidden", **PRIVATE)
+    source.change(on_source, source, [run, checkpoint, path, validation], show_progress="hidden", **PRIVATE)
 
     def on_run(name_: str | None) -> Any:
         if not name_:
@@ -212,13 +218,17 @@ def build(ctx: StudioContext) -> None:
     run.change(on_run, run, checkpoint, show_progress="hidden", **PRIVATE)
 
     # -- running ---------------------------------------------------------------------------------
-    form = [source, run, checkpoint, path, datasets, name, *numbers.values(), *more.values(), *ctx.model_inputs()]
+    form = [source, run, checkpoint, path, validation, datasets, name, *numbers.values(), *more.values(),
+            *ctx.model_inputs()]
 
     def config_of(args: tuple[Any, ...]) -> EvalConfig:
-        src, run_, ckpt, path_, sets, run_name, *rest = args
+        src, run_, ckpt, path_, held_out, sets, run_name, *rest = args
         values = dict(zip([*NUMBERS, *MORE], rest[: len(NUMBERS) + len(MORE)]))
         base = model_name(*rest[len(NUMBERS) + len(MORE):])
         model = eval_view.model_keys(src, base, ctx.runs_dir, run_, ckpt, path_)
+        if held_out and src == "run" and run_:
+            model |= {"validation_run": str(ctx.runs_dir / run_)}
+            sets = []
         return eval_view.build_config(model, sets, values, ctx.dataset_dir, ctx.runs_dir, run_name)
 
     def on_preview(*args: Any) -> tuple[str, str]:
