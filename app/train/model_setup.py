@@ -23,11 +23,11 @@ def compute_dtype(job: JobConfig) -> torch.dtype:
     return torch.float32
 
 
-def load_tokenizer(model_dir: Path, template: str | None):
+def load_tokenizer(model_dir: Path, template: str | None, enable_thinking: bool = True):
     from app.data.render import resolve_template
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    resolve_template(tokenizer, template)
+    resolve_template(tokenizer, template, enable_thinking)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

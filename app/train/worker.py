@@ -153,7 +153,7 @@ def _train(job: JobConfig, run: RunFolder, events, ctx: RunContext) -> str:
     events.append("stage", name="loading_model", message=f"loading model {job.model_name_or_path or 'embedded'}")
     model_dir = resolve_model_path(job.model_name_or_path,
                                    lambda msg: events.append("stage", name="loading_model", message=msg))
-    tokenizer = load_tokenizer(model_dir, job.template)
+    tokenizer = load_tokenizer(model_dir, job.template, job.enable_thinking)
 
     events.append("stage", name="tokenizing", message="reading and tokenizing datasets")
     data = prepare_data(job, tokenizer)
