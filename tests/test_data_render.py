@@ -95,7 +95,8 @@ def test_builtin_templates(tok: Any, name: str) -> None:
     elif name in ("phi", "phi3"):  # the closing EOS rewrites the end; <|end|> is no special token of SmolLM2's
         assert all(a in trained for a in answers) and "<|user|>" not in trained
     elif name in THINK_PREFIX:  # history answers plain, the last one after the (empty) think block
-        assert trained == "".join(a + "<|im_end|>" for a in answers[:-1]) + THINK_PREFIX[name] + answers[-1] + "<|im_end|>"
+        last = THINK_PREFIX[name] + answers[-1] + "<|im_end|>"
+        assert trained == "".join(a + "<|im_end|>" for a in answers[:-1]) + last
     else:
         assert trained == assistant_text(MULTI_TURN, END_OF_TURN[name])
     untrained = masked(tok, rows[0], 0)

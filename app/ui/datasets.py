@@ -86,7 +86,8 @@ def catalogue_frame(dataset_dir: str | Path) -> pd.DataFrame:
         n_rows, problems = count_rows(spec)
         fmt = spec.formatting + (" (ranking)" if spec.ranking else "")
         check = "ok" if not problems else f"{len(problems)} problem(s): {problems[0]}"
-        rows.append([spec.name, fmt, "" if n_rows is None else n_rows, spec.stage, spec.file_name or spec.display, check])
+        file = spec.file_name or spec.display
+        rows.append([spec.name, fmt, "" if n_rows is None else n_rows, spec.stage, file, check])
     return pd.DataFrame(rows, columns=CATALOGUE_COLUMNS)
 
 

@@ -129,9 +129,9 @@ ZH_LABELS = {
 ZH_HELP = {
     "model_name_or_path": "基础模型：本地目录、Hugging Face 模型 ID（遵循 HF_ENDPOINT），留空则使用内置的 "
                           "SmolLM2-135M-Instruct。",
-    "template": "对话模板：留空使用分词器自带模板；或 LLaMA-Factory 的模板名（qwen3、qwen、llama3、gemma、gemma3、phi、phi4、"
-                "deepseek3、deepseekr1、mistral、chatml、alpaca、default 等：分词器自带模板属于该系列时用自带的，否则用内置的），"
-                "或 .jinja 文件路径。",
+    "template": "对话模板：留空使用分词器自带模板；或 LLaMA-Factory 的模板名（qwen3、qwen、llama3、gemma、"
+                "gemma3、phi、phi4、deepseek3、deepseekr1、mistral、chatml、alpaca、default 等：分词器自带"
+                "模板属于该系列时用自带的，否则用内置的），或 .jinja 文件路径。",
     "quantization_bit": "用 bitsandbytes 以 4 或 8 位加载基础模型（QLoRA），仅限 LoRA。",
     "quantization_type": "QLoRA 的 4 位数据类型。",
     "double_quantization": "对 4 位量化常数再做一次量化。",
@@ -187,7 +187,8 @@ ZH_HELP = {
     "loraplus_lr_ratio": "LoRA+：B 矩阵与 A 矩阵的学习率之比（如 16）。",
     "adapter_name_or_path": "从已有的 LoRA 适配器（目录或运行目录）开始继续训练。",
     "neftune_noise_alpha": "NEFTune：训练时给输入嵌入加噪声（如 5）；用于 SFT。",
-    "rope_scaling": "拉伸 RoPE 以训练超出模型上下文的长度：系数为 cutoff_len 除以模型的 max_position_embeddings，向上取整。",
+    "rope_scaling": "拉伸 RoPE 以训练超出模型上下文的长度：系数为 cutoff_len 除以模型的 "
+                    "max_position_embeddings，向上取整。",
     "enable_thinking": "带思考开关的模板（qwen3）：开启时按思考模式渲染训练数据和提示；关闭时加入空的思考块。",
     "optim": "优化器。",
     "weight_decay": "AdamW 权重衰减。",
