@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from app.config import ConfigError, EvalConfig, JobConfig, Schema
+from app.config import STAGES, ConfigError, EvalConfig, JobConfig, Schema
 
 
 def _schema_parser(sub, cls: type[Schema], help: str, description: str) -> argparse.ArgumentParser:
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = data_sub.add_parser("check", help="validate datasets before training")
     check.add_argument("names", nargs="*", help="dataset names (default: all)")
     check.add_argument("--dataset-dir", default=".", help="folder holding dataset_info.json")
-    check.add_argument("--stage", choices=["sft", "dpo", "pt"], help="check fitness for this stage")
+    check.add_argument("--stage", choices=list(STAGES), help="check fitness for this stage")
     check.set_defaults(func=cmd_data)
     return parser
 
