@@ -51,7 +51,7 @@ def falls(values: list[float]) -> bool:
     (dict(stage="kto", dataset="kto_demo"), "kl"),
 ], ids=["orpo", "simpo", "dpo+sft", "kto"])
 def test_preference_losses_fall(tiny_model: Path, tmp_path: Path, changes: dict, curve: str) -> None:
-    logs = train(stage_job(tiny_model, tmp_path / "run", **changes))
+    logs = train(stage_job(tiny_model, tmp_path / "run", max_steps=4, max_samples=8, **changes))
     assert falls([e["loss"] for e in logs]), [e["loss"] for e in logs]
     assert all(curve in e for e in logs)  # the stage's own numbers reach the events (and the Train tab)
 
@@ -85,7 +85,7 @@ def test_grpo_raises_a_learnable_reward(tiny_model: Path, tmp_path: Path) -> Non
     logs = train(stage_job(tiny_model, tmp_path / "grpo", stage="grpo", dataset="grpo_math_demo",
                            reward_funcs=f"{reward_file}:common_tokens", finetuning_type="full", learning_rate=3e-2,
                            lr_scheduler_type="constant", max_steps=8, max_completion_length=16, num_generations=4,
-                           per_device_train_batch_size=8))
+                           per_device_train_batch_size=8, grpo_beta=0.0))
     rewards = [e["rewards_common_tokens_mean"] for e in logs]
     assert statistics.mean(rewards[-2:]) > statistics.mean(rewards[:2]) + 0.03, rewards
 
