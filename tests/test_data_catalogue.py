@@ -324,6 +324,8 @@ def test_repo_catalogue_demo_sets() -> None:
         "preference_demo": "dpo",
         "preference_sharegpt_demo": "dpo",
         "raw_text_demo": "pt",
+        "kto_demo": "kto",
+        "grpo_math_demo": "sft",  # conversations: sft, and their prompts for grpo
     }
     identity = load_examples(specs["identity"], "sft")
     answers = [m["content"] for e in identity for m in e["messages"] if m["role"] == "assistant"]

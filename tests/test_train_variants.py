@@ -31,7 +31,7 @@ def tiny(tmp_path_factory) -> dict:
 
 def sft_job(tiny: dict, output_dir: Path, **changes) -> JobConfig:
     base = dict(model_name_or_path=str(tiny["model"]), dataset="tiny", dataset_dir=str(tiny["catalogue"]),
-                cutoff_len=64, per_device_train_batch_size=4, gradient_accumulation_steps=1, logging_steps=1,
+                cutoff_len=64, per_device_train_batch_size=8, gradient_accumulation_steps=1, logging_steps=1,
                 save_steps=1000, learning_rate=1e-2, max_steps=5, output_dir=str(output_dir))
     return JobConfig(**(base | changes))
 
@@ -49,7 +49,7 @@ def adapter_config(run: RunFolder) -> dict:
     return json.loads((run.adapter / "adapter_config.json").read_text())
 
 
-@pytest.mark.parametrize("changes", [dict(use_dora=True), dict(use_rslora=True, lora_rank=16),
+@pytest.mark.parametrize("changes", [dict(use_dora=True), dict(use_rslora=True, lora_rank=16, learning_rate=2e-3),
                                      dict(loraplus_lr_ratio=16.0), dict(neftune_noise_alpha=5.0)],
                          ids=["dora", "rslora", "loraplus", "neftune"])
 def test_lora_variants_train(tiny: dict, tmp_path: Path, changes: dict) -> None:
