@@ -113,7 +113,7 @@ def build_family_model(folder: Path, family: Family, train_steps: int = 12) -> P
     folder.mkdir(parents=True, exist_ok=True)
     model.eval().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    if family.config == "Phi3Config":  # llama.cpp reads a Phi-4 style BPE vocabulary by this class name
+    if family.name == "phi4":  # Phi-4 ships GPT2Tokenizer as its class (the export must cope without it too)
         path = folder / "tokenizer_config.json"
         data = json.loads(path.read_text(encoding="utf-8"))
         path.write_text(json.dumps(data | {"tokenizer_class": "GPT2Tokenizer"}, indent=2), encoding="utf-8")

@@ -11,11 +11,14 @@ FTSTUDIO_LLAMA_CPP_DIR may point at a llama.cpp checkout instead.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from app.export import llamacpp
@@ -82,6 +85,35 @@ def _extract(sdist: Path, into: Path) -> None:
         raise ExportError(f"{sdist.name} holds no vendor/llama.cpp/{CONVERTER}")
 
 
+def _needs_gpt2_class(model_dir: Path) -> bool:
+    """llama.cpp reads a Phi-3/4 BPE vocabulary only when tokenizer_config names GPT2Tokenizer (as Phi-4's
+    does); transformers 5 saves a generic class name, so a fine-tune's folder needs it said again."""
+    config, tok_config = model_dir / "config.json", model_dir / "tokenizer_config.json"
+    if (model_dir / "tokenizer.model").is_file() or not tok_config.is_file() or not config.is_file():
+        return False
+    archs = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    current = json.loads(tok_config.read_text(encoding="utf-8")).get("tokenizer_class")
+    return "Phi3ForCausalLM" in archs and current != "GPT2Tokenizer" and (model_dir / "tokenizer.json").is_file()
+
+
+@contextmanager
+def _converter_input(model_dir: Path) -> Iterator[Path]:
+    """The folder to hand the converter: `model_dir`, or a view of it (links to every file) with the
+    tokenizer class llama.cpp expects; the user's folder is never modified."""
+    if not _needs_gpt2_class(model_dir):
+        yield model_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="ftstudio-convert-") as tmp:
+        view = Path(tmp)
+        for item in model_dir.iterdir():
+            if item.name != "tokenizer_config.json":
+                (view / item.name).symlink_to(item.resolve())
+        data = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+        (view / "tokenizer_config.json").write_text(json.dumps(data | {"tokenizer_class": "GPT2Tokenizer"}),
+                                                     encoding="utf-8")
+        yield view
+
+
 def convert(model_dir: Path, out_path: Path, outtype: str, progress: Progress | None = None) -> Path:
     """Run convert_hf_to_gguf.py on a merged HF folder; its output goes to a log beside the GGUF."""
     folder = converter_dir(scaled(progress, 0.0, 0.1))
@@ -89,10 +121,10 @@ def convert(model_dir: Path, out_path: Path, outtype: str, progress: Progress | 
     partial = out_path.with_name(out_path.name + ".partial")
     log_path = out_path.with_name(out_path.name + ".convert.log")
     report(progress, 0.1, f"converting with llama.cpp's {CONVERTER} ({outtype})")
-    command = [sys.executable, str(folder / CONVERTER), str(model_dir), "--outfile", str(partial),
-               "--outtype", outtype]
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}  # use the converter's own gguf-py
-    with open(log_path, "w", encoding="utf-8") as log:
+    with _converter_input(model_dir) as source, open(log_path, "w", encoding="utf-8") as log:
+        command = [sys.executable, str(folder / CONVERTER), str(source), "--outfile", str(partial),
+                   "--outtype", outtype]
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     if code != 0 or not partial.is_file():
         partial.unlink(missing_ok=True)
