@@ -95,12 +95,15 @@ def test_converter_fetch_offline_says_how(tmp_path: Path, monkeypatch: pytest.Mo
         llamacpp_convert.converter_dir()
 
 
-def test_continue_needs_a_finished_run(tmp_path: Path) -> None:
+def test_continue_needs_a_finished_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from app.cli import main
     from app.config import JobConfig
     from app.train.continuation import continue_job
 
     with pytest.raises(ValueError, match="not a run folder"):
         continue_job(tmp_path)
+    assert main(["continue", str(tmp_path), "--epochs", "2"]) == 2
+    assert "is not a run folder (no job.yaml)" in capsys.readouterr().err
     JobConfig(stage="sft", finetuning_type="full", num_train_epochs=3).save(tmp_path / "job.yaml")
     with pytest.raises(ValueError, match="no saved result yet"):
         continue_job(tmp_path)
