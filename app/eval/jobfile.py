@@ -19,12 +19,14 @@ from typing import Any
 from app.config import ConfigError, EvalConfig, JobConfig
 from app.config.schema import read_yaml_mapping
 
-PREDICT_MARKERS = ("do_predict", "predict_with_generate", "adapter_name_or_path", "validation_run")
+PREDICT_MARKERS = ("do_predict", "predict_with_generate")
 
 
 def is_training_job(data: dict[str, Any]) -> bool:
-    """A training job names `dataset` and none of the keys a predict YAML carries."""
-    return "dataset" in data and not any(key in data for key in PREDICT_MARKERS)
+    """A training job names `dataset` and does not ask to predict (a training job's adapter_name_or_path is
+    where its training started, not what to evaluate)."""
+    return ("dataset" in data and "validation_run" not in data
+            and not any(data.get(key) not in (None, False, "false") for key in PREDICT_MARKERS))
 
 
 def _run_folder(path: Path, job: JobConfig) -> Path:
