@@ -115,3 +115,9 @@ def test_a_missing_tracker_package_fails_before_the_model_loads(tiny, tmp_path):
     events = RunFolder(tmp_path / "cm").events.read_all()
     assert "pip install comet-ml" in events[-1]["error"]
     assert not any(e["kind"] == "stage" and e["name"] == "model_ready" for e in events)
+
+
+def test_early_stopping_is_refused_where_no_trainer_carries_it():
+    with pytest.raises(ConfigError, match="early_stopping_steps: supported for stages"):
+        JobConfig.from_dict({"stage": "kto", "val_size": 0.1, "early_stopping_steps": 2})
+    assert JobConfig.from_dict({"stage": "dpo", "val_size": 0.1, "early_stopping_steps": 2}).early_stopping_steps == 2
