@@ -176,3 +176,13 @@ def test_the_forms_name_the_model_and_the_export_tab_pairs_gguf_with_merged(tmp_
     assert merged.datasets == gguf.datasets == ["identity_eval"] and merged.max_samples == gguf.max_samples == 6
     with pytest.raises(ValueError):
         eval_pair({"name": "lumi", "format": "safetensors", "merged_dir": "/x"}, [], None, runs, REPO)
+
+
+def test_every_string_of_the_evaluate_views_has_chinese():
+    from app.ui import eval_export
+    from app.ui.tabs import evaluate
+
+    for table in (evaluate.STRINGS, eval_export.STRINGS):
+        for key, entry in table.items():
+            assert entry.get("en") and entry.get("zh"), key
+            assert entry["zh"] != entry["en"] or key == "eval.top_p", key
