@@ -1,5 +1,44 @@
-"""Serving backends behind one protocol (base.py): transformers (default, batched), vLLM, llama.cpp."""
+"""Serving backends behind one protocol (base.py): transformers (default, batched), vLLM, llama.cpp.
+
+    backend = load_backend("transformers", model=None, adapters=[("mine", "runs/mine")])
+
+Each engine lives in its own module and is imported only when chosen; a missing package or a machine
+that cannot run it gives a BackendUnavailable that says what to install or where it runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 from app.chat.backends.base import Backend, Generation, Load, Sampling, StreamResult
 
-__all__ = ["Backend", "Generation", "Load", "Sampling", "StreamResult"]
+BACKENDS = ("transformers", "vllm", "llamacpp")
+
+
+class BackendUnavailable(RuntimeError):
+    """The chosen engine cannot run here (package missing, no GPU, wrong model file): the message says why."""
+
+
+def load_backend(kind: str, model: str | None = None, adapters: list[tuple[str, str]] | None = None,
+                 **options: Any) -> Backend:
+    """The named engine with the base `model` and `adapters` [(name, path)] loaded."""
+    if kind == "transformers":
+        from app.chat.backends.transformers import TransformersBackend
+
+        backend: Any = TransformersBackend(model, max_batch=options.get("max_batch") or 32)
+        for name, path in adapters or []:
+            backend.add_adapter(name, path)
+        return backend
+    if kind == "vllm":
+        from app.chat.backends.vllm import VllmBackend
+
+        return VllmBackend(model, adapters or [], **options)
+    if kind == "llamacpp":
+        from app.chat.backends.llamacpp import LlamaCppBackend
+
+        return LlamaCppBackend(model, adapters or [], **options)
+    raise BackendUnavailable(f"Unknown backend '{kind}': choose one of {', '.join(BACKENDS)}.")
+
+
+__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "Generation", "Load", "Sampling", "StreamResult",
+           "load_backend"]
