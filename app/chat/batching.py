@@ -160,7 +160,11 @@ class Scheduler:
                         self._fail_all(RuntimeError("the engine was closed"))
                         return
                 with self.lock:
-                    self._iteration()
+                    try:
+                        self._iteration()
+                    except Exception as exc:  # noqa: BLE001 - a bug must fail requests, never stop serving
+                        log.exception("scheduler step failed")
+                        self._fail_all(exc)
 
     def _iteration(self) -> None:
         for batch in self._batches.values():

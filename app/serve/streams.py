@@ -125,6 +125,7 @@ async def _disconnected(request: Request) -> None:
 async def collect_all(lives: list[Live], request: Request) -> list[Generation]:
     """Every generation's result; cancels them all if the client disconnects first."""
     results = asyncio.ensure_future(asyncio.gather(*(live.collect() for live in lives)))
+    results.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no "never retrieved" noise
     gone = asyncio.ensure_future(_disconnected(request))
     try:
         await asyncio.wait({results, gone}, return_when=asyncio.FIRST_COMPLETED)
