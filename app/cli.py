@@ -98,6 +98,9 @@ def cmd_metrics(args) -> int:
 
 
 def cmd_webui(args) -> int:
+    from app.chat.threads import studio_thread_policy
+
+    studio_thread_policy()  # before the UI imports torch
     from app.ui.app import webui_main
 
     return webui_main(host=args.host, port=args.port, auth=args.auth or os.environ.get("FTSTUDIO_AUTH"),

@@ -220,7 +220,8 @@ def main() -> int:
                 busy = run_child("chat", args, env)["tok_s"]
             finally:
                 stop(worker)
-        rows += [("chat engine, idle machine", idle, None, None), ("chat engine, training run active", busy, None, None)]
+        rows += [("chat engine, idle machine", idle, None, None),
+                 ("chat engine, training run active", busy, None, None)]
     print(f"\n| {'what':<36} | tokens/s | TTFT p50 s | TTFT p95 s |\n|{'-' * 38}|---------:|-----------:|-----------:|")
     for name, rate, p50, p95 in rows:
         cell = lambda v: f"{v:10.2f}" if v is not None else " " * 10  # noqa: E731

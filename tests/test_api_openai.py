@@ -13,20 +13,19 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
+from serving_support import TOOL_TEMPLATE, FakeBackend, serve, tiny_model
 
 from app.chat.engine import ChatEngine, Sampling
 from app.chat.tools import parse_tool_calls
 from app.models.source import ModelSourceError
 from app.serve.api import create_app
 from app.serve.main import api_main, is_loopback
-from serving_support import TOOL_TEMPLATE, FakeBackend, serve, tiny_model
 
 KEY = "test-key-123"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -94,7 +93,8 @@ def test_completions_plain_prompts_echo_and_logprobs(tiny: ChatEngine, tiny_clie
     prompt_ids = tiny.tokenizer_for("tiny")("The cat")["input_ids"]
     alone = tiny.submit(prompt_ids, "tiny", Sampling(max_new_tokens=4))
     assert reply.choices[2].text == "The cat" + "".join(alone)
-    assert reply.usage.prompt_tokens == len(prompt_ids) + len(tiny.tokenizer_for("tiny")("Once upon a time")["input_ids"])
+    once = tiny.tokenizer_for("tiny")("Once upon a time")["input_ids"]
+    assert reply.usage.prompt_tokens == len(prompt_ids) + len(once)
     stream = list(tiny_client.completions.create(model="tiny", prompt="The cat", max_tokens=4, temperature=0,
                                                  stream=True))
     assert "The cat" + "".join(c.choices[0].text for c in stream) == reply.choices[2].text
