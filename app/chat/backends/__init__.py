@@ -40,5 +40,33 @@ def load_backend(kind: str, model: str | None = None, adapters: list[tuple[str, 
     raise BackendUnavailable(f"Unknown backend '{kind}': choose one of {', '.join(BACKENDS)}.")
 
 
+def backend_problem(kind: str, model: str | None = None) -> str | None:
+    """Why `kind` cannot serve here (a sentence naming what to install or where it runs), or None."""
+    import importlib.util
+
+    if kind == "transformers":
+        return None
+    if kind == "vllm":
+        from app.chat.backends.vllm import check_available
+
+        try:
+            check_available()
+        except BackendUnavailable as exc:
+            return str(exc)
+        return None
+    if kind == "llamacpp":
+        if importlib.util.find_spec("llama_cpp") is None:
+            return ("llama-cpp-python is not installed: `make gguf-quant` builds it "
+                    "(pip install 'finetune-studio[gguf-quant]').")
+        from app.chat.backends.llamacpp import gguf_file
+
+        try:
+            gguf_file(model)
+        except BackendUnavailable as exc:
+            return str(exc)
+        return None
+    return f"Unknown backend '{kind}': choose one of {', '.join(BACKENDS)}."
+
+
 __all__ = ["BACKENDS", "Backend", "BackendUnavailable", "Generation", "Load", "Sampling", "StreamResult",
-           "load_backend"]
+           "backend_problem", "load_backend"]
