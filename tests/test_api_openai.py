@@ -186,6 +186,28 @@ def test_metrics_cover_latency_batch_and_tokens(tiny_url: str, tiny_client: open
     assert not any(name.startswith("ftstudio_gpu_") for name in values)  # no GPU here: no GPU series at all
 
 
+def test_training_runs_are_exported(tmp_path: Path):
+    from prometheus_client import generate_latest
+
+    from app.serve.exporter import exporter_registry
+
+    runs = tmp_path / "runs"
+    for name, state in (("lumi", "running"), ("old", "finished"), ("next", "queued")):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "state.json").write_text(json.dumps({"state": state}))
+    lines = [{"t": 1, "kind": "log", "step": s, "total_steps": 80, "loss": 3.0 - s / 10, "lr": 1e-4,
+              "tokens_per_s": 150.0, "mem_mb": 1024} for s in range(1, 6)]
+    lines += [{"t": 2, "kind": "log", "final": True, "loss": None, "train_loss": 2.7}]  # the summary: skipped
+    (runs / "lumi" / "events.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"t": 3, "ki')
+    text = generate_latest(exporter_registry(runs)).decode()
+    values = {s.name + json.dumps(s.labels, sort_keys=True): s.value
+              for family in text_string_to_metric_families(text) for s in family.samples}
+    assert values['ftstudio_train_step{"run": "lumi"}'] == 5 and values['ftstudio_train_loss{"run": "lumi"}'] == 2.5
+    assert values['ftstudio_train_memory_bytes{"run": "lumi"}'] == 1024 * 2**20
+    assert values['ftstudio_train_running{"run": "lumi"}'] == 1 and 'ftstudio_train_step{"run": "old"}' not in values
+    assert [values[f'ftstudio_train_runs{{"state": "{s}"}}'] for s in ("running", "finished", "queued")] == [1, 1, 1]
+
+
 # ------------------------------------------------------------------ a gated fake backend: admission, disconnects
 @pytest.fixture()
 def fake() -> Iterator[tuple[FakeBackend, str]]:
