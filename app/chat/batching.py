@@ -19,6 +19,7 @@ request, and sampling (do_sample, per-request temperature) and seeds are fixed p
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 from collections import deque
@@ -129,6 +130,7 @@ class Scheduler:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="ftstudio-scheduler", daemon=True)
                 self._thread.start()
+                atexit.register(self._stop_at_exit)
             self._cond.notify()
 
     def wake(self) -> None:
@@ -145,6 +147,12 @@ class Scheduler:
         with self._cond:
             self._closed = True
             self._cond.notify()
+
+    def _stop_at_exit(self) -> None:
+        """Let the thread leave torch before the interpreter tears down (else C++ may abort the exit)."""
+        self.close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
     # ------------------------------------------------------------------ the scheduler thread
     def _has_work(self) -> bool:
