@@ -118,6 +118,7 @@ class Scheduler:
         self._batches: dict[Hashable, Batch] = {}
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._running = 0
         self.steps = 0
         self.tokens = 0  # tokens chosen so far (prefill first tokens and decode steps)
 
@@ -138,7 +139,11 @@ class Scheduler:
             self._cond.notify()
 
     def running(self) -> int:
-        return sum(len(b.rows) for b in list(self._batches.values()))
+        return self._running  # other threads read this count, never the batches the scheduler changes
+
+    def _count(self) -> int:
+        self._running = sum(len(b.rows) for b in self._batches.values())
+        return self._running
 
     def waiting(self) -> int:
         return len(self._waiting)
@@ -185,11 +190,12 @@ class Scheduler:
         for batch in list(self._batches.values()):
             if batch.rows:
                 self._decode(batch)
+        self._count()
         self.steps += 1
 
     def _admit(self) -> None:
         budget, skipped = self.prefill_budget, []
-        while self._waiting and budget > 0 and self.running() < self.max_batch:
+        while self._waiting and budget > 0 and self._count() < self.max_batch:
             with self._cond:
                 row = self._waiting.popleft()
             if row.decoder.result.cancelled:
@@ -250,3 +256,4 @@ class Scheduler:
                 row.decoder.result.put("error", exc)
         self._waiting.clear()
         self._batches.clear()
+        self._running = 0

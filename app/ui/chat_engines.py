@@ -1,6 +1,7 @@
 """The Chat tab's models: one ChatEngine per base model for the whole UI process, adapters added on demand.
 
-Every browser session shares these engines, so the base is loaded once (on the first message) and
+Every browser session shares these engines (each batches concurrent requests, so sessions chat at the
+same time rather than in turn), so the base is loaded once (on the first message) and
 choosing another finished run only adds its LoRA adapter to the same engine (`set_adapter`, never a
 reload). A run trained again under the same name gets its new adapter loaded under a fresh engine name,
 so a chat never answers with stale weights. No gradio here.

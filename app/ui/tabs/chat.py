@@ -2,7 +2,8 @@
 side by side, the same prompt goes to two models and a verdict becomes a DPO row (app.ui.preference).
 
 Engines live in a process-wide cache (app.ui.chat_engines): the base loads on the first message and
-switching adapters never reloads it. Every failure shows as a status line, never as a traceback.
+switching adapters never reloads it. The engine batches: both side-by-side answers (and every other
+session's) decode together. Every failure shows as a status line, never as a traceback.
 """
 
 from __future__ import annotations
