@@ -8,6 +8,7 @@ session's) decode together. Every failure shows as a status line, never as a tra
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -28,6 +29,7 @@ from app.ui.preference import (
     save_preference,
 )
 
+log = logging.getLogger(__name__)
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 
 STRINGS: dict[str, dict[str, str]] = {
@@ -245,6 +247,7 @@ def build(ctx: StudioContext) -> None:
             notes = [finished[i] for i in range(len(streams))]
             replies = [shown[i][-1]["content"] for i in range(len(streams))]
         except Exception as exc:  # noqa: BLE001 - model not found, adapter mismatch, too long: a message
+            log.warning("chat turn failed", exc_info=True)  # the traceback goes to the log, the UI gets one line
             # the failed turn is taken back (the text returns to the box) so the history stays well-formed
             error = " · ".join(notes + [ctx.t("chat.msg.error", lang_, error=_readable(exc))])
             yield text, hist_a, hist_b if comparing else gr.skip(), error, None
