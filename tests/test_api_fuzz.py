@@ -32,7 +32,7 @@ def fuzz_url(tmp_path_factory) -> Iterator[str]:
 
 def fuzz(operation, seen: dict[str, set[int]]) -> None:
     @given(case=operation.as_strategy())
-    @settings(max_examples=30, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
+    @settings(max_examples=25, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
               suppress_health_check=list(HealthCheck), database=None)
     def check(case) -> None:
         if isinstance(case.body, dict) and isinstance(case.body.get("model"), str):
