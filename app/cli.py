@@ -101,7 +101,7 @@ def cmd_api(args) -> int:
     return api_main(model=args.model, adapters=args.adapter or [], host=args.host, port=args.port,
                     api_key=args.api_key or os.environ.get("FTSTUDIO_API_KEY"), max_queue=args.max_queue,
                     backend=args.backend, max_batch=args.max_batch, runs_dir=args.runs_dir,
-                    tensor_parallel=args.tensor_parallel)
+                    tensor_parallel=args.tensor_parallel, dtype=args.dtype)
 
 
 def cmd_metrics(args) -> int:
@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--max-batch", type=int, help="requests decoded together (default 32; vLLM: its own)")
     api.add_argument("--max-queue", type=int, default=64, help="requests that may wait beyond the batch; then 429")
     api.add_argument("--tensor-parallel", type=int, help="vllm: GPUs to shard over (default: all visible)")
+    api.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                     help="transformers: weights' type (auto: bf16/fp16 on GPU, fp32 on CPU)")
     api.add_argument("--runs-dir", default=os.environ.get("FTSTUDIO_RUNS", "runs"),
                      help="export the training runs in this folder on /metrics too")
     api.set_defaults(func=cmd_api)

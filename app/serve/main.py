@@ -42,7 +42,8 @@ def choose_thread_policy() -> str:
 
 def api_main(model: str | None = None, adapters: list[str] | None = None, host: str = "127.0.0.1",
              port: int = 8000, api_key: str | None = None, max_queue: int = 64, backend: str = "transformers",
-             max_batch: int | None = None, runs_dir: str | None = None, tensor_parallel: int | None = None) -> int:
+             max_batch: int | None = None, runs_dir: str | None = None, tensor_parallel: int | None = None,
+             dtype: str | None = None) -> int:
     key = api_key if api_key is not None else os.environ.get("FTSTUDIO_API_KEY")
     if not key and not is_loopback(host):
         print(f"api: refusing to serve on {host} without an API key: anyone who can reach this machine "
@@ -61,7 +62,9 @@ def api_main(model: str | None = None, adapters: list[str] | None = None, host: 
     from app.chat.backends import BackendUnavailable, load_backend
     from app.serve.api import create_app
 
-    options = {"max_batch": max_batch}
+    options: dict = {"max_batch": max_batch}
+    if dtype:
+        options["dtype"] = dtype
     if tensor_parallel:
         options["tensor_parallel"] = tensor_parallel
     try:

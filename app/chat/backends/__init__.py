@@ -25,7 +25,7 @@ def load_backend(kind: str, model: str | None = None, adapters: list[tuple[str, 
     if kind == "transformers":
         from app.chat.backends.transformers import TransformersBackend
 
-        backend: Any = TransformersBackend(model, max_batch=options.get("max_batch") or 32)
+        backend: Any = TransformersBackend(model, dtype=options.get("dtype"), max_batch=options.get("max_batch") or 32)
         for name, path in adapters or []:
             backend.add_adapter(name, path)
         return backend
