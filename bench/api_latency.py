@@ -10,7 +10,8 @@ worker decides it: app/train/threads.py), one after the other:
      N clients must equal the single client's (a speed-up counts only with equal results);
   3. the Chat tab's engine alone, then while a training run (examples/identity_lora.yaml) steps next to it.
 Goals (issue 11): N clients >= 6x one client; one client >= 90% of bare generate; chat while training >=
-50% of idle chat.
+50% of idle chat. Each figure is measured --repeat times, interleaved (bare, 1 client, N clients, again),
+and the best run is kept: other jobs on a shared machine only ever slow a run down.
 """
 
 from __future__ import annotations
@@ -187,6 +188,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--omp", choices=["auto", "passive", "active"], default="auto")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each figure, interleaved; the best is kept")
     parser.add_argument("--skip-training", action="store_true", help="leave out the chat-while-training rows")
     parser.add_argument("--child", choices=["bare", "chat"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -197,29 +199,39 @@ def main() -> int:
     env, policy = omp_env(args.omp)
     env["PYTHONPATH"] = str(ROOT)
     print(f"OpenMP: {policy}; max_tokens {args.max_tokens}, greedy; prompt {PROMPT[0]['content']!r}", flush=True)
-    bare = run_child("bare", args, env)["tok_s"]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = start_server(args.model, port, env)
+    bares, singles, manies = [], [], []
     try:
         model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
         one_stream(url, model, 4)  # warm-up
-        single = run_level(url, model, 1, args.max_tokens)
-        many = run_level(url, model, args.clients, args.max_tokens)
+        for _ in range(args.repeat):
+            bares.append(run_child("bare", args, env)["tok_s"])
+            singles.append(run_level(url, model, 1, args.max_tokens))
+            manies.append(run_level(url, model, args.clients, args.max_tokens))
     finally:
         stop(server)
-    equal = all(text == single["texts"][0] for text in many["texts"])
+    bare = max(bares)
+    single = max(singles, key=lambda r: r["tok_s"])
+    many = max(manies, key=lambda r: r["tok_s"])
+    print(f"runs (tokens/s): bare {[round(x, 1) for x in bares]}, 1 client {[round(r['tok_s'], 1) for r in singles]}, "
+          f"{args.clients} clients {[round(r['tok_s'], 1) for r in manies]}", flush=True)
+    equal = all(text == single["texts"][0] for level in manies for text in level["texts"])
     rows = [("bare model.generate, 1 sequence", bare, None, None),
             ("API, 1 streaming client", single["tok_s"], single["ttft_p50"], single["ttft_p95"]),
             (f"API, {args.clients} streaming clients", many["tok_s"], many["ttft_p50"], many["ttft_p95"])]
     if not args.skip_training:
-        idle = run_child("chat", args, env)["tok_s"]
+        idles = [run_child("chat", args, env)["tok_s"] for _ in range(args.repeat)]
         with tempfile.TemporaryDirectory(prefix="bench-train-") as folder:
             worker = start_training(Path(folder), env)
             try:
-                busy = run_child("chat", args, env)["tok_s"]
+                busies = [run_child("chat", args, env)["tok_s"] for _ in range(args.repeat)]
             finally:
                 stop(worker)
+        idle, busy = max(idles), max(busies)
+        print(f"runs (tokens/s): chat idle {[round(x, 1) for x in idles]}, "
+              f"chat with training {[round(x, 1) for x in busies]}", flush=True)
         rows += [("chat engine, idle machine", idle, None, None),
                  ("chat engine, training run active", busy, None, None)]
     print(f"\n| {'what':<36} | tokens/s | TTFT p50 s | TTFT p95 s |\n|{'-' * 38}|---------:|-----------:|-----------:|")
