@@ -248,6 +248,7 @@ class Scheduler:
             return
         self.tokens += len(rows)
         batch.keep([i for i, row in enumerate(rows) if not row.decoder.finished])
+        self._count()
 
     def _fail_all(self, exc: BaseException) -> None:
         for row in list(self._waiting) + [r for b in self._batches.values() for r in b.rows]:
