@@ -149,10 +149,21 @@ def cmd_api(args) -> int:
     from app.serve.main import api_main
 
     return api_main(model=args.model, adapters=args.adapter or [], host=args.host, port=args.port,
-                    api_key=args.api_key or os.environ.get("FTSTUDIO_API_KEY"))
+                    api_key=args.api_key or os.environ.get("FTSTUDIO_API_KEY"), max_queue=args.max_queue,
+                    backend=args.backend, max_batch=args.max_batch, runs_dir=args.runs_dir,
+                    tensor_parallel=args.tensor_parallel, dtype=args.dtype)
+
+
+def cmd_metrics(args) -> int:
+    from app.serve.exporter import metrics_main
+
+    return metrics_main(runs_dir=args.runs_dir, host=args.host, port=args.port)
 
 
 def cmd_webui(args) -> int:
+    from app.chat.threads import studio_thread_policy
+
+    studio_thread_policy()  # before the UI imports torch
     from app.ui.app import webui_main
 
     return webui_main(host=args.host, port=args.port, auth=args.auth or os.environ.get("FTSTUDIO_AUTH"),
@@ -220,7 +231,23 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
     api.add_argument("--api-key", help="bearer key clients must send (or FTSTUDIO_API_KEY)")
+    api.add_argument("--backend", choices=["transformers", "vllm", "llamacpp"], default="transformers",
+                     help="serving engine: transformers (default, batched, CPU/GPU), vllm (GPU, extra `vllm`), "
+                          "llamacpp (a GGUF file, extra `gguf-quant`)")
+    api.add_argument("--max-batch", type=int, help="requests decoded together (default 32; vLLM: its own)")
+    api.add_argument("--max-queue", type=int, default=64, help="requests that may wait beyond the batch; then 429")
+    api.add_argument("--tensor-parallel", type=int, help="vllm: GPUs to shard over (default: all visible)")
+    api.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                     help="transformers: weights' type (auto: bf16/fp16 on GPU, fp32 on CPU)")
+    api.add_argument("--runs-dir", default=os.environ.get("FTSTUDIO_RUNS", "runs"),
+                     help="export the training runs in this folder on /metrics too")
     api.set_defaults(func=cmd_api)
+
+    met = sub.add_parser("metrics", help="export training runs as Prometheus metrics (for the dashboard)")
+    met.add_argument("--runs-dir", default=os.environ.get("FTSTUDIO_RUNS", "runs"))
+    met.add_argument("--host", default="127.0.0.1")
+    met.add_argument("--port", type=int, default=9400)
+    met.set_defaults(func=cmd_metrics)
 
     data = sub.add_parser("data", help="dataset catalogue tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)
