@@ -1,4 +1,4 @@
-"""ftstudio: webui | train | eval | chat | export | api | data — everything the UI does, from a terminal."""
+"""ftstudio: webui | train | eval | judge | chat | export | api | data — everything the UI does, from a terminal."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from app.config import STAGES, ConfigError, EvalConfig, GenerateConfig, JobConfig, Schema
+from app.config import STAGES, ConfigError, EvalConfig, GenerateConfig, JobConfig, JudgeConfig, Schema
 
 
 def _schema_parser(sub, cls: type[Schema], help: str, description: str,
@@ -60,9 +60,31 @@ def cmd_continue(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from app.eval.jobfile import load_eval_config
     from app.eval.worker import run_eval
 
-    return run_eval(build_config(EvalConfig, args))
+    notes: list[str] = []
+    config = load_eval_config(args.job, {k: v for k, v in vars(args).items() if k in EvalConfig.spec()}, notes)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return run_eval(config)
+
+
+def cmd_judge(args) -> int:
+    from app.eval.judge import JudgeError, run_judge
+
+    def progress(done: int, total: int) -> None:
+        print(f"[{done}/{total}] judged", file=sys.stderr, flush=True)
+
+    try:
+        summary = run_judge(build_config(JudgeConfig, args), progress=progress)
+    except JudgeError as exc:
+        print(f"judge failed: {exc}", file=sys.stderr)
+        return 1
+    import json
+
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return 0
 
 
 def cmd_data(args) -> int:
@@ -168,7 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     _schema_parser(sub, EvalConfig, "evaluate a model or a run: predictions, BLEU/ROUGE, perplexity",
                    "Generate answers for held-out rows and score them against the references, in this "
                    "process. Example: ftstudio eval --adapter_name_or_path runs/identity-lora "
-                   "--eval_dataset identity_eval").set_defaults(func=cmd_eval)
+                   "--eval_dataset identity_eval. Given a training job (runs/<name>/job.yaml), it evaluates that "
+                   "run.").set_defaults(func=cmd_eval)
+    _schema_parser(sub, JudgeConfig, "pairwise LLM judge of two evaluation runs (win/tie/loss)",
+                   "Ask an OpenAI-compatible model which of two evaluation runs answered each row better, twice "
+                   "with the answers' positions swapped. Example: ftstudio judge --predictions runs/eval-lora "
+                   "--baseline runs/eval-base --judge_base_url http://127.0.0.1:8000/v1").set_defaults(func=cmd_judge)
 
     more = sub.add_parser("continue", help="train a finished run for more epochs (a new run beside it)")
     more.add_argument("run", help="a finished run folder")

@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 
 from app.ui.context import StudioContext, model_name
+from app.ui.eval_export import build_gguf_eval
 from app.ui.export_report import QUANT_CHOICES, default_output, error_markdown, report_markdown
 from app.ui.export_server import ApiServer, ServerError, ServerStatus, curl_example
 from app.ui.tabs.chat import finished_runs
@@ -108,6 +109,7 @@ def build(ctx: StudioContext) -> None:
     report = gr.Markdown("", elem_id="export-report")
     with ctx.make(gr.Accordion, "export.raw", open=False):
         raw = gr.JSON(elem_id="export-json")
+    build_gguf_eval(ctx, raw)  # after a GGUF export: its scores beside the merged model's (app.ui.eval_export)
 
     def on_refresh(current: str | None) -> Any:
         found = finished_runs(ctx)
