@@ -148,6 +148,13 @@ class Scheduler:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    def adapters_in_use(self) -> set[str | None]:
+        """PEFT adapter names of the rows waiting or decoding (call with `lock` held: no step is changing them)."""
+        with self._cond:
+            rows = list(self._waiting)
+        rows += [row for batch in self._batches.values() for row in batch.rows]
+        return {row.adapter for row in rows}
+
     def close(self) -> None:
         with self._cond:
             self._closed = True

@@ -4,6 +4,7 @@
     engine.add_adapter("mine", "runs/sft-lora-20261101")
     engine.generate([{"role": "user", "content": "Hi"}], model="mine").text
     for delta in (result := engine.stream(messages)): print(delta, end="")
+    engine.replace_adapter("mine", "runs/loop-mine-v2")   # hot swap: running requests finish on the old weights
 
 It is the transformers backend (app/chat/backends/transformers.py): one base in memory, LoRA adapters
 as named PEFT adapters, concurrent requests decoded together in one batch. Other serving engines (vLLM,

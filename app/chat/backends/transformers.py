@@ -79,6 +79,9 @@ class TransformersBackend(ChatMethods):
         self._peft: Any = None  # the PeftModel wrapping self.base, once a LoRA adapter is added
         self._active: str | None = None  # the PEFT adapter set active last
         self._targets: dict[str, Target] = {self.base_name: Target(self.tokenizer)}
+        self._serial = 0  # PEFT adapter names are never reused: a swapped-out one may still be decoding
+        self._retired: set[str] = set()  # PEFT adapters no name points at any more, deleted once unused
+        self._deleted: set[str] = set()
         # transformers 5.24 renamed `past_key_values` to `cache` (the old name warns, then goes in 5.40)
         self._cache_kw = "cache" if "cache" in inspect.signature(type(self.base).forward).parameters \
             else "past_key_values"
@@ -107,12 +110,44 @@ class TransformersBackend(ChatMethods):
             raise ValueError("An adapter needs a non-empty name.")
         if name in self._targets:
             raise ValueError(f"The name '{name}' is already taken (loaded: {', '.join(self.names())}).")
+        self._targets[name] = self._load_target(name, path, check_base)
+        return name
+
+    def replace_adapter(self, name: str, path: str | Path | None, check_base: bool = True) -> str:
+        """Serve `name` from `path` (a run, adapter or model folder; None = the base model alone) from now on,
+        without a restart. Requests already submitted finish on the weights they started with; later ones
+        use the new. The replaced PEFT adapter is unloaded once no request uses it. A new name is added."""
+        name = name.strip()
+        if not name or name == self.base_name:
+            raise ValueError(f"Cannot replace {name!r}: give the name of an adapter, not the base model's.")
+        target = Target(self.tokenizer) if path is None else self._load_target(name, path, check_base)
+        old = self._targets.get(name)
+        self._targets[name] = target  # one assignment: a request sees the old target or the new one
+        if old is not None and old.peft_name:
+            self._retired.add(old.peft_name)
+        self._sweep()
+        return name
+
+    def _sweep(self) -> None:
+        """Unload retired PEFT adapters no request uses (PEFT needs one adapter left: the last one stays)."""
+        if not self._retired or self._peft is None or len(self._peft.peft_config) <= 1:
+            return
+        with self.scheduler.lock:  # no step runs, so the rows in the batches are all there is
+            busy = self.scheduler.adapters_in_use()
+            for peft_name in sorted(self._retired - busy):
+                if len(self._peft.peft_config) <= 1:
+                    break
+                self._peft.delete_adapter(peft_name)
+                self._retired.discard(peft_name)
+                self._deleted.add(peft_name)
+                self._active = None
+
+    def _load_target(self, name: str, path: str | Path, check_base: bool) -> Target:
         source = resolve_adapter(path)
         tokenizer = self._tokenizer_for_source(source)
         if source.kind == "full":
             model = AutoModelForCausalLM.from_pretrained(source.path, dtype=self.dtype).to(self.device).eval()
-            self._targets[name] = Target(tokenizer, model=model, path=source.path)
-            return name
+            return Target(tokenizer, model=model, path=source.path)
         if not base_matches(source, self.base_path, self.model_ref):
             claimed = ", ".join(repr(c) for c in source.trained_on or [])
             message = (f"Adapter '{name}' ({source.path}) was trained on {claimed}, but this engine's "
@@ -121,9 +156,13 @@ class TransformersBackend(ChatMethods):
             if check_base:
                 raise BaseMismatchError(message)
             log.warning(message)
+        return self._load_lora(name, source, tokenizer)
+
+    def _load_lora(self, name: str, source: AdapterSource, tokenizer: Any) -> Target:
         from peft import PeftModel
 
-        peft_name = f"adapter_{len(self._targets)}"  # PEFT names become module keys: no dots, no slashes
+        self._serial += 1
+        peft_name = f"adapter_{self._serial}"  # PEFT names become module keys: no dots, no slashes
         with self.scheduler.lock:  # never change the weights under a running step
             try:
                 if self._peft is None:
@@ -134,8 +173,7 @@ class TransformersBackend(ChatMethods):
                 raise AdapterError(f"Could not load adapter '{name}' from {source.path}: {exc}") from exc
             self._peft.to(self.device).eval()
             self._active = None
-        self._targets[name] = Target(tokenizer, peft_name=peft_name, path=source.path)
-        return name
+        return Target(tokenizer, peft_name=peft_name, path=source.path)
 
     def _tokenizer_for_source(self, source: AdapterSource) -> Any:
         """The folder's own tokenizer; else the base's, with the job's template when it named one."""
@@ -171,8 +209,13 @@ class TransformersBackend(ChatMethods):
             constraint = JsonConstraint(target.tokenizer, sampling.json_schema)
         eos_ids = self._eos_ids(target.tokenizer)
         group = id(target.model) if target.model is not None else "base"
+        self._sweep()
 
         def start(result: StreamResult) -> None:
+            if target.peft_name in self._deleted:  # swapped out and unloaded between submit and start
+                result.put("error", UnknownModelError(f"The adapter behind '{model}' was replaced before this "
+                                                      "request started: send it again."))
+                return
             decoder = RowDecoder(result, list(prompt_ids), target.tokenizer, sampling, eos_ids, self.device,
                                  constraint)
             self.scheduler.submit(Row(decoder, group, target.peft_name, target))
