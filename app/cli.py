@@ -1,4 +1,4 @@
-"""ftstudio: webui | train | eval | judge | chat | export | api | data — everything the UI does, from a terminal."""
+"""ftstudio: webui | train | eval | judge | chat | export | api | loop | data: all the UI does, from a terminal."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import sys
 
 from app.config import STAGES, ConfigError, EvalConfig, GenerateConfig, JobConfig, JudgeConfig, Schema
+from app.loop.cli import add_loop_parser
 
 
 def _schema_parser(sub, cls: type[Schema], help: str, description: str,
@@ -151,7 +152,8 @@ def cmd_api(args) -> int:
     return api_main(model=args.model, adapters=args.adapter or [], host=args.host, port=args.port,
                     api_key=args.api_key or os.environ.get("FTSTUDIO_API_KEY"), max_queue=args.max_queue,
                     backend=args.backend, max_batch=args.max_batch, runs_dir=args.runs_dir,
-                    tensor_parallel=args.tensor_parallel, dtype=args.dtype)
+                    tensor_parallel=args.tensor_parallel, dtype=args.dtype, dataset_dir=args.dataset_dir,
+                    loop=args.loop, feedback=not args.no_feedback)
 
 
 def cmd_metrics(args) -> int:
@@ -240,8 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
                      help="transformers: weights' type (auto: bf16/fp16 on GPU, fp32 on CPU)")
     api.add_argument("--runs-dir", default=os.environ.get("FTSTUDIO_RUNS", "runs"),
-                     help="export the training runs in this folder on /metrics too")
+                     help="export the training runs in this folder on /metrics too; feedback goes to its feedback/")
+    api.add_argument("--dataset-dir", default=".", help="catalogue the feedback sets are registered in")
+    api.add_argument("--loop", metavar="POLICY", help="serve the continuous fine-tuning loop of this policy "
+                     "(runs/loop/policy.yaml): its model name, promotions and rollbacks without a restart, and "
+                     "its automatic checks")
+    api.add_argument("--no-feedback", action="store_true", help="do not keep answers or accept POST /v1/feedback")
     api.set_defaults(func=cmd_api)
+    add_loop_parser(sub)
 
     met = sub.add_parser("metrics", help="export training runs as Prometheus metrics (for the dashboard)")
     met.add_argument("--runs-dir", default=os.environ.get("FTSTUDIO_RUNS", "runs"))

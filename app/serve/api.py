@@ -50,9 +50,11 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 
 def create_app(backend: Backend, api_key: str | None = None, max_queue: int = 64,
-               default_max_tokens: int = DEFAULT_MAX_TOKENS, runs_dir: Path | None = None) -> FastAPI:
+               default_max_tokens: int = DEFAULT_MAX_TOKENS, runs_dir: Path | None = None,
+               dataset_dir: Path | None = None, loop_policy: Path | None = None) -> FastAPI:
     """The API app. api_key None reads $FTSTUDIO_API_KEY; no key at all leaves /v1 open. A runs folder adds
-    the training runs in it to /metrics."""
+    the training runs in it to /metrics; with `dataset_dir` (the catalogue feedback sets go to) too, POST /v1/feedback
+    (app.serve.feedback_api); with a loop policy, the loop's model name and GET /v1/loop (app.serve.loop_follow)."""
     key = _expected_key(api_key)
     metrics = Metrics()
     admission = Admission(backend.load().max_batch, max_queue)
@@ -130,6 +132,13 @@ def create_app(backend: Backend, api_key: str | None = None, max_queue: int = 64
     async def complete(body: CompletionRequest, request: Request) -> Response:
         return await completions(body, request, ctx)
 
+    if runs_dir is not None and dataset_dir is not None:
+        from app.serve.feedback_api import install_feedback
+        from app.serve.loop_follow import install_loop
+
+        install_feedback(app, v1, runs_dir, dataset_dir)
+        if loop_policy is not None:
+            install_loop(app, v1, backend, runs_dir, loop_policy)
     app.include_router(v1)
     _document_errors(app)
     return app

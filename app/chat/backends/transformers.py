@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,9 @@ class TransformersBackend(ChatMethods):
             for peft_name in sorted(self._retired - busy):
                 if len(self._peft.peft_config) <= 1:
                     break
-                self._peft.delete_adapter(peft_name)
+                with warnings.catch_warnings():  # "was active, now deleted": _active is reset just below
+                    warnings.simplefilter("ignore", UserWarning)
+                    self._peft.delete_adapter(peft_name)
                 self._retired.discard(peft_name)
                 self._deleted.add(peft_name)
                 self._active = None
