@@ -88,6 +88,17 @@ def feedback_store(runs_dir: str | Path, dataset_dir: str | Path) -> FeedbackSto
     return FeedbackStore(Path(runs_dir) / FEEDBACK_DIR, dataset_dir)
 
 
+def studio_store(runs_dir: str | Path, dataset_dir: str | Path) -> FeedbackStore:
+    """Where the studio's feedback goes: the loop policy's catalogue when one is saved, else `dataset_dir`."""
+    path = policy_file(runs_dir)
+    if path.is_file():
+        try:
+            dataset_dir = load_policy(path).dataset_dir
+        except (LoopError, ValueError):
+            pass  # a broken policy file is reported by the panel; feedback still lands in the studio's catalogue
+    return feedback_store(runs_dir, dataset_dir)
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "model"
 

@@ -48,7 +48,7 @@ class ServerStatus:
 
 
 def api_command(python: str, model: str | None, adapters: list[tuple[str, str]], host: str, port: int,
-                backend: str = "transformers") -> list[str]:
+                backend: str = "transformers", extra: list[str] | None = None) -> list[str]:
     cmd = [python, "-m", "app.cli", "api", "--host", host, "--port", str(port)]
     if backend != "transformers":
         cmd += ["--backend", backend]
@@ -56,7 +56,7 @@ def api_command(python: str, model: str | None, adapters: list[tuple[str, str]],
         cmd += ["--model", model]
     for name, path in adapters:
         cmd += ["--adapter", f"{name}={path}"]
-    return cmd
+    return cmd + list(extra or [])
 
 
 def port_free(host: str, port: int) -> bool:
@@ -101,7 +101,8 @@ class ApiServer:
             return False
 
     def start(self, model: str | None, adapters: list[tuple[str, str]], host: str = "127.0.0.1", port: int = 8000,
-              api_key: str | None = None, backend: str = "transformers") -> ServerStatus:
+              api_key: str | None = None, backend: str = "transformers", extra: list[str] | None = None
+              ) -> ServerStatus:
         host = (host or "127.0.0.1").strip()
         if not 1 <= int(port) <= 65535:
             raise ServerError(f"Port {port} is not between 1 and 65535.")
@@ -119,7 +120,7 @@ class ApiServer:
         if problem := backend_problem(backend, model):
             raise ServerError(problem)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        cmd = api_command(self.python, model, adapters, host, int(port), backend)
+        cmd = api_command(self.python, model, adapters, host, int(port), backend, extra)
         env = os.environ | {"PYTHONUNBUFFERED": "1"}
         env.pop("FTSTUDIO_API_KEY", None)
         if api_key:

@@ -20,6 +20,7 @@ import gradio as gr
 
 from app.ui.chat_engines import BASE, ENGINES, plain_messages, prompt_messages
 from app.ui.context import StudioContext, model_name
+from app.ui.feedback import THUMBS, build_feedback
 from app.ui.preference import (
     DEFAULT_DATASET,
     Preference,
@@ -140,8 +141,8 @@ def build(ctx: StudioContext) -> None:
                                elem_id="chat-max-new")
     status = gr.Markdown("", elem_id="chat-status")
     with gr.Row():
-        bot_a = ctx.make(gr.Chatbot, "chat.bot_a", height=440, feedback_options=None, elem_id="chat-a")
-        bot_b = ctx.make(gr.Chatbot, "chat.bot_b", height=440, feedback_options=None, visible=False,
+        bot_a = ctx.make(gr.Chatbot, "chat.bot_a", height=440, feedback_options=THUMBS, elem_id="chat-a")
+        bot_b = ctx.make(gr.Chatbot, "chat.bot_b", height=440, feedback_options=THUMBS, visible=False,
                          elem_id="chat-b")
     with gr.Row(equal_height=True):
         message = ctx.make(gr.Textbox, "chat.message", lines=2, scale=6, elem_id="chat-input")
@@ -157,6 +158,7 @@ def build(ctx: StudioContext) -> None:
             pref_name = ctx.make(gr.Textbox, "chat.pref_dataset", value=DEFAULT_DATASET, elem_id="chat-pref-name")
         pref_status = gr.Markdown(pref_count_line(ctx, ctx.lang, DEFAULT_DATASET), elem_id="chat-pref-status")
     turn = gr.State(None)  # the last side-by-side turn, for a verdict
+    build_feedback(ctx, [(bot_a, model_a), (bot_b, model_b)], system)  # 👍/👎 and corrections (app.ui.feedback)
 
     # -- runs and the base model -----------------------------------------------------------------
     def on_refresh(lang_: str, left: str, right: str, src: str, where: str) -> tuple[Any, Any, str]:

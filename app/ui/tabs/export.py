@@ -18,6 +18,8 @@ from app.ui.export_report import QUANT_CHOICES, default_output, error_markdown, 
 from app.ui.export_server import ApiServer, ServerError, ServerStatus, curl_example
 from app.ui.tabs.chat import finished_runs
 from app.ui.tabs.export_hub import build_hub
+from app.ui.tabs.loop import build as build_loop
+from app.ui.tabs.loop import loop_checkbox, loop_server_args
 
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 FORMATS = ("safetensors", "gguf")
@@ -160,6 +162,7 @@ def build(ctx: StudioContext) -> None:
 
     build_hub(ctx, run, folder, output, lang)  # push the adapter or the export to the Hugging Face Hub
     build_api(ctx, lang)
+    build_loop(ctx)  # the continuous fine-tuning panel (app.ui.tabs.loop)
 
 
 def build_api(ctx: StudioContext, lang: Any) -> None:
@@ -177,6 +180,7 @@ def build_api(ctx: StudioContext, lang: Any) -> None:
                                choices=[("transformers", "transformers"), ("vLLM", "vllm"), ("llama.cpp", "llamacpp")],
                                elem_id="api-backend")
             gguf = ctx.make(gr.Textbox, "export.api_gguf", value="", scale=3, elem_id="api-gguf")
+            follow = loop_checkbox(ctx)  # serve the continuous fine-tuning loop (app.ui.tabs.loop)
         with gr.Row():
             api_start = ctx.make(gr.Button, "export.api_start", variant="primary", elem_id="api-start")
             api_stop = ctx.make(gr.Button, "export.api_stop", variant="stop", elem_id="api-stop")
@@ -204,7 +208,7 @@ def build_api(ctx: StudioContext, lang: Any) -> None:
     timer.tick(show, None, [status, log, timer], show_progress="hidden", **PRIVATE)
 
     def on_start(chosen: list[str] | None, host_: str, port_: float | None, key_: str, engine: str, gguf_: str,
-                 src: str, where: str) -> tuple[str, str, Any]:
+                 follow_: bool, src: str, where: str) -> tuple[str, str, Any]:
         found = set(finished_runs(ctx))
         missing = [c for c in chosen or [] if c not in found]
         if missing:
@@ -214,7 +218,8 @@ def build_api(ctx: StudioContext, lang: Any) -> None:
         model = (gguf_ or "").strip() if engine == "llamacpp" else model_name(src, where)
         try:
             server.start(model, [(c, str(ctx.runs_dir / c)) for c in chosen or []], host=host_,
-                         port=int(port_ or 0), api_key=(key_ or "").strip() or None, backend=engine or "transformers")
+                         port=int(port_ or 0), api_key=(key_ or "").strip() or None, backend=engine or "transformers",
+                         extra=loop_server_args(ctx, bool(follow_)))
         except (ServerError, OSError, ValueError) as exc:
             return f"✗ {exc}", gr.skip(), gr.skip()
         return show()
@@ -224,6 +229,7 @@ def build_api(ctx: StudioContext, lang: Any) -> None:
         current = server.status()
         return status_markdown(current), server.log_tail(), gr.Timer(active=False)
 
-    api_start.click(on_start, [adapters, host, port, key, backend, gguf, *ctx.model_inputs()], [status, log, timer],
+    api_start.click(on_start, [adapters, host, port, key, backend, gguf, follow, *ctx.model_inputs()],
+                    [status, log, timer],
                     show_progress="hidden", **PRIVATE)
     api_stop.click(on_stop, None, [status, log, timer], show_progress="hidden", **PRIVATE)
