@@ -202,7 +202,7 @@ def _checked(messages: Any, answer: Any, rating: Any, correction: Any) -> tuple[
     if len(answer) > MAX_TEXT or len(correction or "") > MAX_TEXT:
         raise FeedbackError(f"answer/correction: at most {MAX_TEXT} characters.")
     if correction is not None and correction == answer.strip():
-        correction, rating = None, rating or "up"  # "corrected" to itself: the answer was right
+        correction, rating = None, "up"  # "corrected" into itself: the answer was right
     if rating is None and correction is None:
         raise FeedbackError("Give a rating ('up' or 'down'), a corrected answer, or both.")
     return prompt, answer.strip(), rating, correction
