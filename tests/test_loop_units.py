@@ -82,9 +82,11 @@ def test_feedback_keeps_the_conversation_and_refuses_what_cannot_be_feedback(tmp
     assert rows_of(catalogue, FEEDBACK_SFT)[0]["messages"] == chat + [{"role": "assistant", "content": LUMI}]
     same = store.record(WHO, LUMI, rating="down", correction=f" {LUMI} ")  # corrected into itself: it was right
     assert same.sft_rows == 1 and store.events()[-1]["rating"] == "up"
+    silent = store.record([{"role": "user", "content": "Hello?"}], "", rating="down", correction="Hello!")
+    assert (silent.sft_rows, silent.pairs) == (1, 0)  # an empty answer is corrected, never a rejected reply
     odd = store.record([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "x", rating="up")
     assert odd.sft_rows == 0 and "not a trainable" in odd.note  # stored, but no row that would break training
-    for bad in ({"messages": WHO, "answer": "x"}, {"messages": WHO, "answer": "", "rating": "up"},
+    for bad in ({"messages": WHO, "answer": "x"}, {"messages": WHO, "answer": "", "rating": "down"},
                 {"messages": WHO, "answer": "x", "rating": "meh"},
                 {"messages": [{"role": "assistant", "content": "x"}], "answer": "x", "rating": "up"}):
         with pytest.raises(FeedbackError):

@@ -119,7 +119,8 @@ class FeedbackStore:
         pairs: list[dict] = []
         if correction is not None:
             sft.append(sft_row(prompt, correction))
-            pairs.append(pref_row(prompt, correction, answer))
+            if answer:  # an empty answer is no rejected reply to learn from
+                pairs.append(pref_row(prompt, correction, answer))
             good = correction
         elif rating == "up":
             sft.append(sft_row(prompt, answer))
@@ -192,8 +193,8 @@ def _checked(messages: Any, answer: Any, rating: Any, correction: Any) -> tuple[
     prompt = plain_messages(messages)
     if prompt[-1]["role"] != "user" or not prompt[-1]["content"].strip():
         raise FeedbackError("messages: the conversation must end with the user's message that the answer replies to.")
-    if not isinstance(answer, str) or not answer.strip():
-        raise FeedbackError("answer: there is no answer to rate (it is empty).")
+    if not isinstance(answer, str):
+        raise FeedbackError("answer: the answer that is rated, as text.")
     if rating is not None and rating not in RATINGS:
         raise FeedbackError(f"rating: 'up' or 'down', got {rating!r}.")
     if correction is not None and not isinstance(correction, str):
@@ -205,4 +206,7 @@ def _checked(messages: Any, answer: Any, rating: Any, correction: Any) -> tuple[
         correction, rating = None, "up"  # "corrected" into itself: the answer was right
     if rating is None and correction is None:
         raise FeedbackError("Give a rating ('up' or 'down'), a corrected answer, or both.")
+    if not answer.strip() and correction is None:
+        raise FeedbackError("answer: the answer is empty, so there is nothing to rate: send the answer it should "
+                            "have been as a correction.")
     return prompt, answer.strip(), rating, correction

@@ -22,6 +22,11 @@ def _data(entry: dict[str, Any]) -> str:
     return text + (f" → {data['dataset']}" if data.get("dataset") else "")
 
 
+def _score(scores: dict[str, float] | None, metric: str) -> str:
+    value = (scores or {}).get(metric)
+    return "" if value is None else f"{value:.4g}"
+
+
 def history_rows(entries: list[dict[str, Any]], served: int | None = None) -> list[list[Any]]:
     """One row per history line, newest first; the served version is marked with ★."""
     rows = []
@@ -38,7 +43,7 @@ def history_rows(entries: list[dict[str, Any]], served: int | None = None) -> li
         else:
             note = entry.get("reason", "")
         rows.append([f"v{version}{mark}", _when(entry.get("t")), kind, _data(entry), metric,
-                     (scores.get("candidate") or {}).get(metric, ""), (scores.get("served") or {}).get(metric, ""),
+                     _score(scores.get("candidate"), metric), _score(scores.get("served"), metric),
                      "yes" if entry.get("promoted") and kind != "rollback" else ("" if kind == "rollback" else "no"),
                      note])
     return rows[::-1]

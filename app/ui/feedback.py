@@ -27,16 +27,18 @@ THUMBS = ("Like", "Dislike")  # gr.Chatbot's built-in feedback buttons (👍 �
 STRINGS: dict[str, dict[str, str]] = {
     "fb.correct": {"en": "✎ Correct an answer", "zh": "✎ 纠正回答"},
     "fb.correction": {"en": "Corrected answer", "zh": "纠正后的回答"},
-    "fb.correction.info": {"en": "👎 on an answer puts it here: edit it into the answer it should have been.",
-                           "zh": "对回答点 👎 后它会出现在这里：把它改成应有的回答。"},
+    "fb.correction.info": {"en": "Thumbs down on an answer puts it here: edit it into the answer it should have been.",
+                           "zh": "对回答点踩后它会出现在这里：把它改成应有的回答。"},
     "fb.save": {"en": "Save correction", "zh": "保存纠正"},
-    "fb.msg.counts": {"en": "Feedback: 👍 {up} · 👎 {down} · ✎ {corrections} → **{sft}** {sft_rows} rows, "
+    "fb.msg.counts": {"en": "Feedback: {up} up · {down} down · {corrections} corrected → **{sft}** {sft_rows} rows, "
                             "**{pref}** {pref_rows} pairs (the loop on the Export tab trains on them).",
-                      "zh": "反馈：👍 {up} · 👎 {down} · ✎ {corrections} → **{sft}** {sft_rows} 行，"
+                      "zh": "反馈：赞 {up} · 踩 {down} · 纠正 {corrections} → **{sft}** {sft_rows} 行，"
                             "**{pref}** {pref_rows} 对（导出标签页的持续微调会用它们训练）。"},
     "fb.msg.saved": {"en": "✓ Saved ({what}). ", "zh": "✓ 已保存（{what}）。"},
-    "fb.msg.up": {"en": "👍", "zh": "👍"},
-    "fb.msg.down": {"en": "👎: correct it below", "zh": "👎：可在下方纠正"},
+    "fb.msg.up": {"en": "thumbs up", "zh": "赞"},
+    "fb.msg.down": {"en": "thumbs down: correct it below", "zh": "踩：可在下方纠正"},
+    "fb.msg.empty": {"en": "The answer is empty: write the answer it should have been below.",
+                     "zh": "该回答为空：请在下方写出应有的回答。"},
     "fb.msg.corrected": {"en": "correction", "zh": "纠正"},
     "fb.msg.target": {"en": "Correcting: “{answer}”", "zh": "正在纠正：“{answer}”"},
     "fb.msg.nothing": {"en": "No answer to correct yet: send a message first.",
@@ -100,8 +102,11 @@ def build_feedback(ctx: StudioContext, sides: list[tuple[Any, Any]], system: Any
         messages, answer = found
         name = "" if model in (None, BASE) else str(model)
         up = data.liked is True
-        line = record(lang_, ctx.t("fb.msg.up" if up else "fb.msg.down", lang_), messages=messages, answer=answer,
-                      rating="up" if up else "down", model=name)
+        if answer.strip() or up:
+            line = record(lang_, ctx.t("fb.msg.up" if up else "fb.msg.down", lang_), messages=messages,
+                          answer=answer, rating="up" if up else "down", model=name)
+        else:  # nothing to rate in an empty answer, but it can be corrected
+            line = ctx.t("fb.msg.empty", lang_)
         if up:
             return line, gr.skip(), gr.skip(), gr.skip(), gr.skip()
         chosen = {"messages": messages, "answer": answer, "model": name}

@@ -133,6 +133,7 @@ def build(ctx: StudioContext) -> None:
             refresh = ctx.make(gr.Button, "loop.refresh", size="sm", elem_id="loop-refresh")
         message = gr.Markdown("", elem_id="loop-message")
         table = ctx.make(gr.Dataframe, "loop.history", headers=list(COLUMNS), interactive=False, wrap=True,
+                         column_widths=["7%", "12%", "9%", "20%", "11%", "8%", "7%", "7%", "19%"],
                          elem_id="loop-history")
         with gr.Row(equal_height=True):
             version = ctx.make(gr.Dropdown, "loop.version", choices=[], value=None, scale=2, elem_id="loop-version")
@@ -146,8 +147,6 @@ def build(ctx: StudioContext) -> None:
             return ctx.t("loop.msg.error", lang_, error=str(exc)), gr.skip(), gr.skip(), gr.Timer(active=False)
         served = status.served.number if status.served else None
         lines = status_lines(status) + [api_line(ctx, lang_)]
-        if ctx.runs_dir in _last:
-            lines.append(_last[ctx.runs_dir])
         servable = [n for n, v in controller.history.versions().items()
                     if v.entry["kind"] == "start" or v.entry.get("promoted")]
         busy = _running(ctx) or status.activity.get("state") not in ("idle", "interrupted", None)
@@ -175,7 +174,13 @@ def build(ctx: StudioContext) -> None:
     for event in (ctx.shared["tabs"]["export"].select, ctx.demo.load):
         event(on_load, lang, [*controls, *outputs], show_progress="hidden", **PRIVATE)
     refresh.click(show, lang, outputs, show_progress="hidden", **PRIVATE)
-    timer.tick(show, lang, outputs, show_progress="hidden", **PRIVATE)
+
+    def tick(lang_: str) -> tuple[Any, ...]:
+        shown = show(lang_)
+        note = ctx.t("loop.msg.checking", lang_) if _running(ctx) else _last.get(ctx.runs_dir, gr.skip())
+        return (*shown, note)
+
+    timer.tick(tick, lang, [*outputs, message], show_progress="hidden", **PRIVATE)
 
     def on_save(lang_: str, src: str, where: str, *values: Any) -> str:
         try:

@@ -44,11 +44,12 @@ STRINGS: dict[str, dict[str, str]] = {
 } | {
     "loop.title": {"en": "Continuous fine-tuning (feedback → candidate → promote)",
                    "zh": "持续微调（反馈 → 候选 → 提升）"},
-    "loop.intro": {"en": "Users' 👍/👎 and corrections (Chat tab, `POST /v1/feedback`) become **feedback_sft** / "
-                         "**feedback_pref**. When enough new rows arrive, a candidate adapter trains from the served "
-                         "one with a replay share of the original data, is scored beside it on held-out rows, and "
-                         "replaces it behind the same model name only if it does not score worse.",
-                   "zh": "用户的 👍/👎 与纠正（对话标签页、`POST /v1/feedback`）会写入 **feedback_sft** / "
+    "loop.intro": {"en": "Users' thumbs up/down and corrections (Chat tab, `POST /v1/feedback`) become "
+                         "**feedback_sft** / **feedback_pref**. When enough new rows arrive, a candidate adapter "
+                         "trains from the served one with a replay share of the original data, is scored beside it "
+                         "on held-out rows, and replaces it behind the same model name only if it does not score "
+                         "worse.",
+                   "zh": "用户的赞/踩与纠正（对话标签页、`POST /v1/feedback`）会写入 **feedback_sft** / "
                          "**feedback_pref**。新增行数足够时，从当前服务的适配器出发、混入一部分原始数据训练候选适配器，"
                          "在留出数据上与当前版本一同评分，只有不更差时才在同一模型名下替换它。"},
     "loop.serve": {"en": "Serve the loop", "zh": "提供持续微调模型"},
@@ -67,8 +68,8 @@ STRINGS: dict[str, dict[str, str]] = {
     "loop.msg.error": {"en": "⚠ {error}", "zh": "⚠ {error}"},
     "loop.msg.busy": {"en": "A check is already running.", "zh": "已有检查正在运行。"},
     "loop.msg.no_policy": {"en": "Save a policy first.", "zh": "请先保存策略。"},
-    "loop.msg.checking": {"en": "⏳ Checking: a candidate trains and is scored when enough feedback arrived…",
-                          "zh": "⏳ 检查中：反馈足够时将训练候选并评分…"},
+    "loop.msg.checking": {"en": "Checking: a candidate trains and is scored when enough feedback arrived…",
+                          "zh": "检查中：反馈足够时将训练候选并评分…"},
     "loop.msg.not_due": {"en": "Last check: not enough new feedback rows yet.", "zh": "上次检查：新增反馈行数还不够。"},
     "loop.msg.cycle": {"en": "Last check: v{version}: {reason}", "zh": "上次检查：v{version}：{reason}"},
     "loop.msg.pick": {"en": "Pick a version first.", "zh": "请先选择版本。"},
