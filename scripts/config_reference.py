@@ -4,7 +4,7 @@
     python scripts/config_reference.py --check  # exit 1 if README.md is out of date (tests run this)
 
 Each schema has its own table between its own markers: JobConfig (`ftstudio train`), EvalConfig
-(`ftstudio eval`), JudgeConfig (`ftstudio judge`).
+(`ftstudio eval`), JudgeConfig (`ftstudio judge`), LoopPolicy (`ftstudio loop policy`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.config import EVAL_GROUPS, GROUPS, JUDGE_GROUPS, EvalConfig, JobConfig, JudgeConfig, Schema  # noqa: E402
+from app.config.loop import LOOP_GROUPS, LoopPolicy  # noqa: E402
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 # marker name -> (schema, its groups in order)
@@ -22,6 +23,7 @@ SECTIONS: dict[str, tuple[type[Schema], dict[str, str]]] = {
     "config-reference": (JobConfig, GROUPS),
     "eval-reference": (EvalConfig, EVAL_GROUPS),
     "judge-reference": (JudgeConfig, JUDGE_GROUPS),
+    "loop-reference": (LoopPolicy, LOOP_GROUPS),
 }
 
 
