@@ -234,3 +234,22 @@ def test_loop_cli_policy_status_and_refusals(tmp_path: Path, capsys, catalogue: 
     assert "not due" in capsys.readouterr().out
     assert cli(["loop", "rollback", "5", "--runs-dir", runs]) == 1
     assert "no version 5" in capsys.readouterr().err
+    assert cli(["loop", "policy", "--runs-dir", runs, "--eval_dataset", "nope"]) == 0
+    assert cli(["loop", "run-once", "--force", "--runs-dir", runs]) == 1  # refused before any training
+    assert "no dataset 'nope'" in capsys.readouterr().err
+    assert not [p for p in Path(runs).iterdir() if p.name.startswith("loop-")]
+
+
+def test_the_feedback_and_panel_strings_have_chinese():
+    from app.config.loop import LoopPolicy
+    from app.ui.feedback import STRINGS as FEEDBACK
+    from app.ui.tabs.loop_strings import STRINGS as PANEL
+
+    same = {"loop.field.pref_beta", "loop.refresh", "loop.msg.error", "fb.msg.error"}  # no words to translate
+    for key, entry in (FEEDBACK | PANEL).items():
+        assert entry.get("en") and entry.get("zh"), key
+        if key not in same:
+            assert any("\u4e00" <= ch <= "\u9fff" for ch in entry["zh"]), key
+    for name in LoopPolicy.spec():  # every field the panel shows has a label and help in both languages
+        if name not in ("model_name_or_path", "dataset_dir"):
+            assert f"loop.field.{name}" in PANEL and f"loop.field.{name}.info" in PANEL, name

@@ -43,7 +43,8 @@ class LoopPolicy(Schema):
         None, "Base model: a local folder or a Hugging Face id; empty = the embedded SmolLM2-135M-Instruct.", "serving")
     adapter: str | None = param(
         None, "Version 0, served before any feedback: a training run (runs/<name>) or an adapter folder; empty = "
-        "the base model alone (the first candidate then trains a new LoRA adapter).", "serving")
+        "the base model alone (the first candidate then trains a new LoRA adapter). Fixed once the loop has "
+        "started (its history's version 0).", "serving")
     template: str | None = param(None, "Chat template for new adapters: empty = the tokenizer's own (or the run's).",
                                  "serving")
     # trigger

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from app.config.loop import LoopPolicy
@@ -62,7 +63,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
     controller = _controller(args)
     data = read_yaml_mapping(controller.policy_path) if controller.policy_path.is_file() else {}
     data.update({k: v for k, v in vars(args).items() if k in LoopPolicy.spec()})
-    policy = LoopPolicy.from_dict(data)  # ConfigError: the CLI lists the problems
+    policy = LoopPolicy.from_dict(data).resolved(Path.cwd())  # ConfigError: the CLI lists the problems
     path = controller.save_policy(policy)
     print(policy.to_yaml(), end="")
     print(f"saved {path}", file=sys.stderr)

@@ -99,6 +99,21 @@ def studio_store(runs_dir: str | Path, dataset_dir: str | Path) -> FeedbackStore
     return feedback_store(runs_dir, dataset_dir)
 
 
+def _check_sets(policy: LoopPolicy) -> None:
+    """The held-out sets must exist before minutes go into training a candidate that cannot be scored."""
+    from app.data.catalogue import load_catalogue
+    from app.data.errors import DataError
+
+    try:
+        known = load_catalogue(policy.dataset_dir)
+    except DataError as exc:
+        raise LoopError(f"Cannot read the catalogue in {policy.dataset_dir}: {exc}") from None
+    missing = [name for name in policy.eval_datasets if name not in known]
+    if missing:
+        raise LoopError(f"eval_dataset: no dataset {', '.join(map(repr, missing))} in {policy.dataset_dir}/"
+                        "dataset_info.json: choose the held-out set(s) the candidates are scored on.")
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "model"
 
@@ -146,7 +161,7 @@ class LoopController:
         folder = policy.dataset_dir if policy else (dataset_dir or ".")
         store = feedback_store(self.runs_dir, folder)
         feedback_set = SET_OF_METHOD[policy.method if policy else "sft"]
-        new = count_rows(folder, feedback_set) - self.history.consumed_rows(feedback_set)
+        new = max(0, count_rows(folder, feedback_set) - self.history.consumed_rows(feedback_set))
         return LoopStatus(policy, self.history.served(), store.counts(), feedback_set, new,
                           bool(policy and new >= policy.min_new_rows), self.activity(), self.history.entries())
 
@@ -173,6 +188,7 @@ class LoopController:
                                     "first (Chat tab, or POST /v1/feedback).")
             elif not status.due and not force:
                 return None
+            _check_sets(policy)
             try:
                 return self._cycle(policy, status, progress or (lambda message: None))
             finally:
