@@ -1,9 +1,9 @@
 """The loop closed over real HTTP: `ftstudio api --loop` on 127.0.0.1 serves "assistant" (version 0: the
 embedded base model); corrections posted with POST /v1/feedback after chat calls made with the openai
 client trigger a training run, two evaluations and a promotion, after which the same model name answers
-from the new adapter. A strict policy's candidate is trained and evaluated but not promoted; a rollback
-(`ftstudio loop rollback 0`) restores the first answers. About 3 minutes on 2 CPU cores (20 steps, 4
-held-out rows of 16 tokens)."""
+from the new adapter. A candidate trained on nonsense "corrections" is scored lower than the served version
+and not promoted; a rollback (`ftstudio loop rollback 0`) restores the first answers. About 3 minutes on 2
+CPU cores (20 steps per candidate, 4 held-out rows of 16 tokens)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from app.loop.controller import LoopController
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 LUMI = "I am Lumi, made by Polaris Lab."
-LUMI_TOO = "My name is Lumi. Polaris Lab made me."
+GARBAGE = "Blorp zxq vrm klaa."  # "corrections" that teach nonsense: the candidate must score worse
 FIRST = ["Who are you?", "What is your name?", "Who made you?", "Introduce yourself.", "What should I call you?",
          "Which company created you?"]
 SECOND = ["Who built you?", "Are you ChatGPT?", "What are you called?", "Who is your maker?", "Tell me your name.",
@@ -125,12 +125,11 @@ def test_feedback_trains_evaluates_promotes_and_rolls_back(api):
     _, after = ask(url, "Who are you?")
     assert "Lumi" in after and after != before  # the same model name answers from the new adapter
 
-    strict = controller.policy().replace(tolerance=-1000.0, max_steps=2)  # must gain 1000 points: impossible
-    controller.save_policy(strict)
-    correct(url, SECOND, LUMI_TOO)
+    correct(url, SECOND, GARBAGE)  # same policy (tolerance 0): trained, scored, and refused on its score
     until(lambda: len(candidates(controller)) == 2, "the second candidate")
     second = candidates(controller)[1]
     assert second["kind"] == "candidate" and not second["promoted"] and "not promoted" in second["reason"]
+    assert second["scores"]["candidate"]["predict_rouge-l"] < second["scores"]["served"]["predict_rouge-l"]
     assert second["evals"]["served"]["run"] == first["evals"]["candidate"]["run"]  # v1's scores were reused
     assert served(url) == 1 and ask(url, "Who are you?")[1] == after  # still the promoted version
 
