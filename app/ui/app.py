@@ -7,7 +7,6 @@ Each tab module exposes `build(ctx)` and is called inside its open gr.Tab with t
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import gradio as gr  # app/ui/__init__.py, run before this module, switched telemetry off
 
 from app.jobs.manager import JobManager
+from app.net import is_loopback
 from app.ui.context import StudioContext
 from app.ui.i18n import LANGUAGES
 from app.ui.tabs import chat, dataset, export, model, train
@@ -31,15 +31,6 @@ CSS = """
 
 class AccessError(ValueError):
     """The requested host/auth combination is unsafe or malformed."""
-
-
-def is_loopback(host: str) -> bool:
-    if host.strip().lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_auth(host: str, auth: str | None) -> tuple[str, str] | None:
