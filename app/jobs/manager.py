@@ -37,6 +37,7 @@ class JobManager:
         self._children: dict[str, subprocess.Popen] = {}  # reaped on exit; not needed after a restart
         self._lock = threading.RLock()
         self._summaries = SummaryCache()
+        self._stopping: set[str] = set()  # runs a Stop is settling (their end is written by the stopper)
         self.scheduler: Scheduler | None = None
 
     # -- the queue ----------------------------------------------------------------------------
@@ -136,7 +137,7 @@ class JobManager:
                 if state.get("state") == "running":
                     if process_alive(state.get("pid"), state.get("started")):
                         running = True
-                    else:
+                    elif run.name not in self._stopping:
                         self._settle_dead(run)
                 elif state.get("state") == "queued":
                     queued.append((state.get("queued", 0), run))
@@ -185,6 +186,8 @@ class JobManager:
         if state.get("state") != "running" or not process_alive(pid, state.get("started")):
             self.refresh()
             return
+        with self._lock:
+            self._stopping.add(run.name)
         waiter = threading.Thread(target=self._stop_and_settle, args=(run, state, grace_s, ceiling_s),
                                   name=f"stop-{run.name}", daemon=True)
         waiter.start()
@@ -196,6 +199,7 @@ class JobManager:
                                child=self._children.get(run.name), grace_s=grace_s, ceiling_s=ceiling_s,
                                busy=lambda: bool(run.read_state().get("saving")))
         with self._lock:
+            self._stopping.discard(run.name)
             if run.read_state().get("state") == "running":  # killed before it could write its end
                 why = ("still saving when the stop ceiling ran out" if outcome.was_busy
                        else "it did not end within the grace period")
