@@ -80,12 +80,17 @@ class DatasetSpec:
             return False
         if self.file_name and _all_txt(self.path, self.file_name):
             return True
-        explicit = {k for k, v in (self.raw.get("columns") or {}).items() if v}
+        explicit = {k for k, v in self._raw_columns().items() if v}
         return explicit in ({"prompt"}, {"text"})
+
+    def _raw_columns(self) -> dict[str, Any]:
+        """The entry's own `columns` (an empty mapping when it is not one: that is reported as a problem)."""
+        columns = self.raw.get("columns")
+        return columns if isinstance(columns, dict) else {}
 
     @property
     def text_column(self) -> str:
-        explicit = self.raw.get("columns") or {}
+        explicit = self._raw_columns()
         return explicit.get("text") or explicit.get("prompt") or "text"
 
     @property

@@ -41,6 +41,14 @@ def main(args: argparse.Namespace) -> int:
     import os
 
     manager = JobManager(args.runs_dir or os.environ.get("FTSTUDIO_RUNS", "runs"))
+    try:
+        return _run(manager, args)
+    except KeyError as exc:  # an unknown run name: the message names it and the runs folder
+        print(f"ftstudio runs {args.runs_command}: {exc.args[0]}", file=sys.stderr)
+        return 2
+
+
+def _run(manager: JobManager, args: argparse.Namespace) -> int:
     command = args.runs_command
     if command == "list":
         manager.refresh()

@@ -221,4 +221,8 @@ def validate_upload(path: str | Path, formatting: str, ranking: bool,
     try:
         return len(load_examples(spec, spec.stage)), spec.stage, []
     except DataError as e:
-        return 0, spec.stage, e.problems
+        # A problem of the would-be catalogue entry is a problem of this file's column mapping (the user
+        # never saw the entry): say so, naming the file.
+        catalogue = spec.catalogue_file
+        return 0, spec.stage, [Problem(path.name, None, "column mapping", p.message) if p.file == catalogue else p
+                               for p in e.problems]
