@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import psutil
 
-DEFAULT_GRACE_S = 60.0  # to finish the current step and reach a save point
+DEFAULT_GRACE_S = 180.0  # to finish the current step and reach a save point (the launcher waits 120 s for ranks)
 DEFAULT_CEILING_S = 900.0  # hard limit, even while the worker reports it is saving
 POLL_S = 0.2
 
