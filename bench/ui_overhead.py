@@ -8,7 +8,10 @@ started by clicking Start in headless Chromium (Playwright + /usr/bin/chromium) 
 open until the run ends. Both are the same worker on the same job (embedded SmolLM2-135M-Instruct,
 identity set, LoRA, batch 2, cutoff 256, logging every step). Reported: real tokens/s of each run
 from its events.jsonl (tokens trained between the third logged step and the last, over that time),
-their means, and the ratio browser / CLI. `--repo` runs the studio (and the worker) from another
+their means, and the ratio browser / CLI; and, since on a shared machine tokens/s drift more than the
+effect being measured, the CPU the watching itself costs: CPU seconds used by the studio process
+(without its workers) and by Chromium while the run trains, per second of training, in cores.
+`--repo` runs the studio (and the worker) from another
 checkout, e.g. the code before a change, for a before/after on the same machine.
 
 The machine is shared and its speed drifts: rounds alternate CLI and browser, and repeat.
@@ -60,7 +63,22 @@ def run_cli(repo: Path, root: Path, name: str, steps: int) -> float:
     return tokens_per_s(root / "runs" / name)
 
 
-def run_browser(browser, studio: Studio, name: str, steps: int) -> float:
+def watcher_cpu(studio: Studio) -> dict[str, float]:
+    """CPU seconds used so far by the studio process itself (not its workers) and by every Chromium process."""
+    import psutil
+
+    def cpu(proc: psutil.Process) -> float:
+        try:
+            times = proc.cpu_times()
+            return times.user + times.system
+        except psutil.Error:
+            return 0.0
+
+    chromium = [p for p in psutil.Process().children(recursive=True) if "chrom" in p.name().lower()]
+    return {"studio": cpu(psutil.Process(studio.proc.pid)), "chromium": sum(cpu(p) for p in chromium)}
+
+
+def run_browser(browser, studio: Studio, name: str, steps: int, costs: list[dict[str, float]]) -> float:
     page = browser.new_page(viewport=VIEWPORT)
     page.set_default_timeout(120_000)
     page.goto(studio.url, timeout=240_000)
@@ -80,11 +98,18 @@ def run_browser(browser, studio: Studio, name: str, steps: int) -> float:
     page.click("#train-start")
     run = studio.runs / name
     deadline = time.time() + 1800
+    start_cpu, start_t = None, 0.0
     while time.time() < deadline:  # the page stays open on the Train tab, its curve updating
         state = json.loads((run / "state.json").read_text()) if (run / "state.json").exists() else {}
         if state.get("state") in ("finished", "failed", "stopped"):
             break
+        events = run / "events.jsonl"
+        if start_cpu is None and events.exists() and '"kind": "log"' in events.read_text():
+            start_cpu, start_t = watcher_cpu(studio), time.time()  # from the first step on: watching, not setup
         page.wait_for_timeout(1000)
+    if start_cpu is not None:
+        end_cpu, wall = watcher_cpu(studio), time.time() - start_t
+        costs.append({k: (end_cpu[k] - start_cpu[k]) / wall for k in end_cpu})
     page.close()
     if state.get("state") != "finished":
         raise RuntimeError(f"browser run {name} ended {state}")
@@ -105,7 +130,7 @@ def main() -> int:
     browser_support.REPO = repo  # the studio subprocess (and the workers it starts) run this checkout
     root = Path(tempfile.mkdtemp(prefix="ftstudio-ui-overhead-"))
     studio = Studio(root)
-    cli, ui = [], []
+    cli, ui, costs = [], [], []
     try:
         studio.start()
         with sync_playwright() as play:
@@ -113,8 +138,10 @@ def main() -> int:
             for i in range(args.repeat):
                 cli.append(run_cli(repo, root, f"cli-{i}", args.steps))
                 print(f"round {i + 1}: CLI      {cli[-1]:7.1f} tokens/s", flush=True)
-                ui.append(run_browser(browser, studio, f"ui-{i}", args.steps))
-                print(f"round {i + 1}: browser  {ui[-1]:7.1f} tokens/s", flush=True)
+                ui.append(run_browser(browser, studio, f"ui-{i}", args.steps, costs))
+                cost = costs[-1] if costs else {}
+                print(f"round {i + 1}: browser  {ui[-1]:7.1f} tokens/s   watching used: studio "
+                      f"{cost.get('studio', 0):.3f} cores, Chromium {cost.get('chromium', 0):.3f} cores", flush=True)
             browser.close()
     finally:
         studio.stop()
@@ -124,6 +151,11 @@ def main() -> int:
     print(f"\ncode: {repo}\nCLI     mean {statistics.mean(cli):7.1f} tokens/s  {[round(x, 1) for x in cli]}\n"
           f"browser mean {statistics.mean(ui):7.1f} tokens/s  {[round(x, 1) for x in ui]}\n"
           f"browser / CLI = {ratio:.3f}  ({(1 - ratio) * 100:+.1f}% slower with the Train tab open)")
+    if costs:
+        studio_cores = statistics.mean(c["studio"] for c in costs)
+        chromium_cores = statistics.mean(c["chromium"] for c in costs)
+        print(f"CPU used by watching, while training: studio {studio_cores:.3f} + Chromium {chromium_cores:.3f} "
+              f"= {studio_cores + chromium_cores:.3f} cores")
     return 0
 
 

@@ -178,3 +178,28 @@ def test_a_full_disk_fails_the_run_and_keeps_the_last_checkpoint(setup):
     after = check_checkpoints(run)  # the checkpoint before is intact; the failed one is not visible
     assert after is not None and before is not None and after >= before
     assert "no space" in manager.summaries()[0].error
+
+
+def test_a_failure_after_the_checks_shows_one_line_and_logs_the_traceback(tmp_path):
+    """A model folder that passes the checks (it has a config.json) but cannot load: the terminal gets
+    one line naming the problem, worker.log the full traceback, the run folder `failed`."""
+    import subprocess
+    import sys
+
+    model = tmp_path / "broken-model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama", "hidden_size": "not a number"}')
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "lumi.json").write_text(json.dumps(ROWS[:4]), encoding="utf-8")
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"lumi": {"file_name": "data/lumi.json"}}))
+    out = tmp_path / "runs" / "broken"
+    result = subprocess.run([sys.executable, "-m", "app.cli", "train", "--dataset", "lumi", "--dataset_dir",
+                             str(tmp_path), "--model_name_or_path", str(model), "--output_dir", str(out)],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                            env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    terminal = result.stdout + result.stderr
+    assert result.returncode == 1, terminal
+    assert "Traceback" not in terminal and "run failed:" in terminal, terminal
+    run = RunFolder(out)
+    assert run.read_state()["state"] == "failed" and run.read_state()["error"]
+    assert "Traceback" in run.log_file.read_text()
