@@ -6,12 +6,13 @@ import argparse
 import os
 import sys
 
-from app.config import ConfigError, EvalConfig, JobConfig, Schema
+from app.config import ConfigError, EvalConfig, GenerateConfig, JobConfig, Schema
 
 
-def _schema_parser(sub, cls: type[Schema], help: str, description: str) -> argparse.ArgumentParser:
+def _schema_parser(sub, cls: type[Schema], help: str, description: str,
+                   name: str | None = None) -> argparse.ArgumentParser:
     """A subcommand whose flags are the fields of a config schema (names, help and defaults from it)."""
-    parser = sub.add_parser(cls.COMMAND, help=help, description=description)
+    parser = sub.add_parser(name or cls.COMMAND, help=help, description=description)
     parser.add_argument("job", nargs="?", help=f"a YAML file of {cls.__name__} keys (LLaMA-Factory's names)")
     for name, f in cls.spec().items():
         choices = [str(c) for c in f.metadata["choices"] if c is not None] if f.metadata["choices"] else None
@@ -55,6 +56,18 @@ def cmd_data(args) -> int:
     from app.data.validate import main_check
 
     return main_check(args.dataset_dir, args.names, args.stage)
+
+
+def cmd_data_stats(args) -> int:
+    from app.datatools.insight_report import main_stats
+
+    return main_stats(args.dataset_dir, args.name, args.model, args.template, args.cutoff_len, args.json)
+
+
+def cmd_data_generate(args) -> int:
+    from app.datatools.worker import run_generate
+
+    return run_generate(build_config(GenerateConfig, args))
 
 
 def cmd_chat(args) -> int:
@@ -164,6 +177,22 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--dataset-dir", default=".", help="folder holding dataset_info.json")
     check.add_argument("--stage", choices=["sft", "dpo", "pt"], help="check fitness for this stage")
     check.set_defaults(func=cmd_data)
+    stats = data_sub.add_parser("stats", help="dataset insight under a model's chat template",
+                                description="Rows, token lengths (prompt, response), rows cut at cutoff_len, "
+                                "a suggested cutoff_len, duplicates, empty fields and the language mix.")
+    stats.add_argument("name", help="catalogue dataset name")
+    stats.add_argument("--dataset-dir", default=".", help="folder holding dataset_info.json")
+    stats.add_argument("--model", help="base model whose chat template renders the rows (empty = embedded)")
+    stats.add_argument("--template", help="chat template: a built-in name or a .jinja file (default: the model's)")
+    stats.add_argument("--cutoff_len", "--cutoff-len", dest="cutoff_len", type=int,
+                       default=JobConfig.spec()["cutoff_len"].default, help="count rows longer than this")
+    stats.add_argument("--json", action="store_true", help="print the figures as JSON")
+    stats.set_defaults(func=cmd_data_stats)
+    _schema_parser(data_sub, GenerateConfig, "generate synthetic rows into a catalogue set",
+                   "Generate instruction rows with a local model, a run's adapter or an OpenAI-compatible "
+                   "endpoint, from seed topics or documents, and register them in the catalogue. Example: "
+                   "ftstudio data generate --topics 'photosynthesis; volcanoes' --num_rows 20 "
+                   "--dataset_name science_synth", name="generate").set_defaults(func=cmd_data_generate)
     return parser
 
 
