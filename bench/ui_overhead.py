@@ -95,6 +95,10 @@ def run_browser(browser, studio: Studio, name: str, steps: int, costs: list[dict
         box = page.locator(f"#field-{key} input, #field-{key} textarea").first
         box.fill(str(value))
         box.press("Tab")
+    idle_cpu, idle_t = watcher_cpu(studio), time.time()  # the same page with nothing running: the floor
+    page.wait_for_timeout(10_000)
+    idle_end = watcher_cpu(studio)
+    idle = {f"idle_{k}": (idle_end[k] - idle_cpu[k]) / (time.time() - idle_t) for k in idle_end}
     page.click("#train-start")
     run = studio.runs / name
     deadline = time.time() + 1800
@@ -109,7 +113,7 @@ def run_browser(browser, studio: Studio, name: str, steps: int, costs: list[dict
         page.wait_for_timeout(1000)
     if start_cpu is not None:
         end_cpu, wall = watcher_cpu(studio), time.time() - start_t
-        costs.append({k: (end_cpu[k] - start_cpu[k]) / wall for k in end_cpu})
+        costs.append({k: (end_cpu[k] - start_cpu[k]) / wall for k in end_cpu} | idle)
     page.close()
     if state.get("state") != "finished":
         raise RuntimeError(f"browser run {name} ended {state}")
@@ -155,7 +159,9 @@ def main() -> int:
         studio_cores = statistics.mean(c["studio"] for c in costs)
         chromium_cores = statistics.mean(c["chromium"] for c in costs)
         print(f"CPU used by watching, while training: studio {studio_cores:.3f} + Chromium {chromium_cores:.3f} "
-              f"= {studio_cores + chromium_cores:.3f} cores")
+              f"= {studio_cores + chromium_cores:.3f} cores (the same page idle, nothing running: studio "
+              f"{statistics.mean(c['idle_studio'] for c in costs):.3f}, Chromium "
+              f"{statistics.mean(c['idle_chromium'] for c in costs):.3f})")
     return 0
 
 

@@ -5,15 +5,17 @@ LiveView (gr.State). Watching must cost the training run nothing measurable (iss
 browser open, at a 1 s timer that re-sent both plots on every step). So:
 
 - the timer ticks every TICK_S seconds, and only while some run is queued or running;
-- a tick sends only what changed: the status line when its text changed, the run table when a row
-  changed, the plots at most every PLOT_EVERY_S seconds (each plot update makes the browser re-draw
-  the whole Vega chart), and at once when the run ends;
+- a tick sends only what changed: the status line when its text changed; the run table at once when a
+  run appears or changes state, its step and loss columns (which the status line already shows live)
+  with the plots, at most every PLOT_EVERY_S seconds (each update makes the browser re-draw the whole
+  Vega chart or table), and at once when the run ends; the run pickers only when the list of names does;
 - the queue is driven by the studio's scheduler thread (app.jobs.scheduler), not by ticks;
 - run summaries are incremental (app.jobs.summaries): a tick reads only the new bytes of each log.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,8 +26,8 @@ from app.train.runfolder import ACTIVE_STATES
 from app.ui import plots
 from app.ui.context import StudioContext
 
-TICK_S = 2.0
-PLOT_EVERY_S = 6.0
+TICK_S = 2.5
+PLOT_EVERY_S = 8.0
 RESUMABLE = ("stopped", "failed")
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 
@@ -50,15 +52,22 @@ class Monitor:
         return [self.table, self.table_sig, self.run, self.compare, self.view, self.loss, self.lr, self.status,
                 self.log, self.timer]
 
-    def _table(self, sig: str | None, lang: str) -> tuple[Any, Any, Any, Any, bool, list[str]]:
+    def _table(self, sig: str | None, lang: str, numbers_due: bool = True) -> tuple[Any, ...]:
+        """(table, its signature, run picker, compare picker, whether a run is active, run names); each
+        of the first four is gr.skip() when the page already shows it."""
         summaries = self.ctx.manager.summaries()
-        frame = plots.runs_frame(summaries, self.translator(lang))
-        new_sig = f"{lang}:" + frame.to_json()
         names = [s.name for s in summaries]
         active = any(s.state in ACTIVE_STATES for s in summaries)
-        if new_sig == sig:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), active, names
-        return frame, new_sig, gr.update(choices=names), gr.update(choices=names), active, names
+        frame = plots.runs_frame(summaries, self.translator(lang))
+        shape = json.dumps([lang, [(s.name, s.state, s.error) for s in summaries]])
+        full = frame.to_json()
+        old_shape, _, old_full = (sig or "").partition("\n")
+        skip = gr.skip()
+        if shape == old_shape and (full == old_full or not numbers_due):
+            return skip, skip, skip, skip, active, names
+        old_names = [row[0] for row in json.loads(old_shape)[1]] if old_shape else None
+        pickers = (skip, skip) if old_names == names else (gr.update(choices=names), gr.update(choices=names))
+        return frame, f"{shape}\n{full}", *pickers, active, names
 
     def _read(self, view: plots.LiveView | None, name: str | None) -> tuple[plots.LiveView, bool]:
         if view is None or view.run != name:
@@ -102,7 +111,8 @@ class Monitor:
                 plots.loss_frame(view), plots.lr_frame(view), status, log, gr.Timer(active=active or activate)]
 
     def tick(self, view: plots.LiveView | None, name: str | None, sig: str | None, lang: str = "en") -> list[Any]:
-        table, new_sig, run_choices, compare_choices, active, names = self._table(sig, lang)
+        due = time.monotonic() - (view.plotted_at if view else 0.0) >= PLOT_EVERY_S
+        table, new_sig, run_choices, compare_choices, active, names = self._table(sig, lang, numbers_due=due)
         if name not in names:
             return self.show(name, lang=lang)
         view, changed = self._read(view, name)
@@ -110,7 +120,7 @@ class Monitor:
         skip = gr.skip()
         status_out = skip if status == view.status else status
         log_out = log if status_out is not skip else skip
-        due = time.monotonic() - view.plotted_at >= PLOT_EVERY_S or ended
+        due = due or ended
         if view.offset != view.plotted_offset and due:
             plots_out = [plots.loss_frame(view), plots.lr_frame(view)]
             view.plotted_at, view.plotted_offset = time.monotonic(), view.offset
