@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,6 +93,9 @@ def test_two_sessions_start_and_stop_at_once(studio):
                                    ".length === 2", timeout=240_000)
         assert state_of(studio, running)["state"] == "stopped" and state_of(studio, queued)["state"] == "stopped"
         assert "pid" not in state_of(studio, queued) or not state_of(studio, queued)["pid"]  # never started
+        deadline = time.time() + 120  # it wrote `stopped` on its way out; the process exits just after
+        while group_alive(pgid) and time.time() < deadline:
+            time.sleep(0.2)
         assert group_alive(pgid) == []
 
         # The other session, in Chinese: state names, the run table's headers, the status line.
