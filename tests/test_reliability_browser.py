@@ -77,7 +77,10 @@ def test_two_sessions_start_and_stop_at_once(studio):
         for page in pages.values():
             page.wait_for_function("['alpha', 'beta'].every(n => document.querySelector('#train-runs')"
                                    ".innerText.includes(n))", timeout=120_000)
-        states = {name: state_of(studio, name)["state"] for name in pages}
+        deadline = time.time() + 60  # the table lists a run from its job.yaml, written just before its state
+        while time.time() < deadline and not all(state_of(studio, name).get("state") for name in pages):
+            time.sleep(0.1)
+        states = {name: state_of(studio, name).get("state") for name in pages}
         assert sorted(states.values()) == ["queued", "running"], states  # one training at a time
         running = next(n for n, s in states.items() if s == "running")
         queued = next(n for n, s in states.items() if s == "queued")

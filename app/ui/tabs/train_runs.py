@@ -9,6 +9,7 @@ browser open, at a 1 s timer that re-sent both plots on every step). So:
   run appears or changes state, its step and loss columns (which the status line already shows live)
   with the plots, at most every PLOT_EVERY_S seconds (each update makes the browser re-draw the whole
   Vega chart or table), and at once when the run ends; the run pickers only when the list of names does;
+- a tick is a plain request (queue=False), not a queue round trip with status messages per output;
 - the queue is driven by the studio's scheduler thread (app.jobs.scheduler), not by ticks;
 - run summaries are incremental (app.jobs.summaries): a tick reads only the new bytes of each log.
 """
@@ -161,8 +162,10 @@ def build_monitor(ctx: StudioContext) -> Monitor:
     ctx.shared["train_monitor"] = monitor
 
     lang = ctx.shared["lang"]
+    # queue=False: one plain request per tick, not a queue round trip whose status messages the page
+    # processes for every output; the tick is quick (it reads a few bytes) and needs no queue slot.
     monitor.timer.tick(monitor.tick, [monitor.view, run, monitor.table_sig, lang], monitor.outputs,
-                       show_progress="hidden", trigger_mode="always_last", **PRIVATE)
+                       show_progress="hidden", queue=False, **PRIVATE)
     show = lambda name, lang_: monitor.show(name, lang=lang_)  # noqa: E731
     ctx.demo.load(show, [run, lang], monitor.outputs, **PRIVATE)
     run.input(show, [run, lang], monitor.outputs, **PRIVATE)
