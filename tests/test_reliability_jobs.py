@@ -283,3 +283,24 @@ def test_a_skipped_fidelity_check_is_not_a_pass():
               "fidelity": {"skipped": True, "result": "not checked"}, "files": []}
     text = report_markdown(report)
     assert "✓ Exported" in text and "not checked" in text and "pass" not in text.split("not checked")[0].lower()
+
+
+def test_two_managers_on_one_runs_folder_start_a_queued_run_once(studio, tmp_path):
+    """Two studios (or a studio and `ftstudio runs`) share a runs folder: their passes are serialised by a
+    lock file, so a queued run is started once."""
+    import threading
+
+    manager, submit = studio
+    first = submit("first", "exit")
+    second = submit("second", "exit")
+    other = JobManager(manager.runs_dir, python=manager.python)
+    wait_for(lambda: first.read_state()["state"] == "finished", what="the first run")
+    passes = [threading.Thread(target=m.refresh) for m in (manager, other) for _ in range(3)]
+    for thread in passes:
+        thread.start()
+    for thread in passes:
+        thread.join()
+    wait_for(lambda: second.read_state()["state"] == "finished", what="the second run")
+    starts = [e for e in second.events.read_all() if e["kind"] == "stage"]
+    assert len(starts) == 1  # one worker ran it
+    assert second.log_file.read_text().count("starting second") == 1

@@ -12,11 +12,14 @@ seconds and at once when a worker we spawned exits: no browser needs to be open.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from app.config import Schema
@@ -36,6 +39,7 @@ class JobManager:
         self.python = python or sys.executable
         self._children: dict[str, subprocess.Popen] = {}  # reaped on exit; not needed after a restart
         self._lock = threading.RLock()
+        self._queue_depth = 0  # how deep the holder of _lock is in _queue_lock
         self._summaries = SummaryCache()
         self._stopping: set[str] = set()  # runs a Stop is settling (their end is written by the stopper)
         self.scheduler: Scheduler | None = None
@@ -61,7 +65,7 @@ class JobManager:
             raise RunNameError(f"output_dir: {job.output_dir} is not a folder directly inside the runs folder "
                                f"{self.runs_dir}; give a plain run name")
         run = RunFolder(Path(job.output_dir))
-        with self._lock:
+        with self._queue_lock():
             if run.exists() and self._is_active(run):
                 raise RuntimeError(f"run {run.name} is already {run.read_state()['state']}")
             run.create(job)
@@ -125,9 +129,26 @@ class JobManager:
             return True
         return process_alive(state.get("pid"), state.get("started"))
 
+    @contextmanager
+    def _queue_lock(self) -> Iterator[None]:
+        """This process's lock and a lock file in the runs folder: two studios (or a studio and
+        `ftstudio runs`) on one runs folder never start the same queued run twice."""
+        with self._lock:
+            if self._queue_depth:  # re-entered by this thread (submit -> refresh): the file is ours already
+                yield
+                return
+            with open(self.runs_dir / ".queue.lock", "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)  # flock is per open file: taken once per holder
+                self._queue_depth += 1
+                try:
+                    yield
+                finally:
+                    self._queue_depth -= 1
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+
     def refresh(self) -> None:
         """Reap finished children, mark dead workers failed, start the next queued run."""
-        with self._lock:
+        with self._queue_lock():
             for name, proc in list(self._children.items()):
                 if proc.poll() is not None:
                     del self._children[name]
