@@ -239,6 +239,8 @@ def compute_insight(spec: DatasetSpec, tokenizer: Any, model_key: str, context_l
                 row.bad(None, "expected an object with named columns")
                 continue
             example = convert_row(spec, stage, raw, row)
+            if example is not None and stage == "kto":  # measured as the conversation it tags
+                example = {"messages": example["prompt"] + example["completion"]}
             if example is not None:
                 examples.append((insight.rows, example))
     insight.empty_fields = dict(sorted(empty.items()))
@@ -285,7 +287,7 @@ def _token_counts(stage: str, example: dict[str, Any], tokenizer: Any) -> tuple[
     """(prompt tokens, response tokens) as training renders the row (no truncation)."""
     if stage == "pt":
         return 0, len(tokenizer(example["text"], add_special_tokens=False)["input_ids"]) + 1  # + EOS
-    if stage == "sft":
+    if stage in ("sft", "kto"):
         rows, _ = tokenize_sft([example], tokenizer, cutoff_len=1 << 30)
         if not rows:
             return 0, 0

@@ -16,8 +16,15 @@ from datasets import Dataset
 
 from app.config import JobConfig
 from app.train.checkpoints import AtomicCheckpointMixin
+from app.train.grpo import build_grpo_trainer
+from app.train.preference import build_kto_trainer, build_preference_trainer, dpo_loss_arguments
+from app.train.reward import build_reward_trainer
 
 log = logging.getLogger(__name__)
+
+
+# Stages whose rows go to the trainer as they are (what the "tokenizing" stage event calls them).
+ROW_STAGES = {"dpo": "preference rows", "rm": "preference rows", "kto": "tagged answers", "grpo": "prompts"}
 
 
 @dataclass
@@ -49,9 +56,9 @@ def prepare_data(job: JobConfig, tokenizer) -> Prepared:
     examples: list[dict] = []
     for name in job.datasets:
         examples += load_examples(catalogue[name], job.stage, max_samples=job.max_samples)
-    if job.stage == "dpo":
+    if job.stage in ROW_STAGES:  # conversational rows; the TRL trainer applies the chat template
         train, evaluation = split_eval(examples, job)
-        return Prepared(train, evaluation, len(examples), f"{len(examples):,} preference rows")
+        return Prepared(train, evaluation, len(examples), f"{len(examples):,} {ROW_STAGES[job.stage]}")
     if job.stage == "pt":
         rows, stats = tokenize_pt(examples, tokenizer, job.cutoff_len)
         message = f"{len(examples):,} texts packed into {len(rows):,} blocks of {job.cutoff_len} tokens"
@@ -110,6 +117,7 @@ def trainer_arguments(job: JobConfig, output_dir: Path, has_eval: bool) -> dict:
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,
+        neftune_noise_alpha=job.neftune_noise_alpha if job.stage in ("sft", "pt") else None,
     )
 
 
@@ -159,8 +167,8 @@ def build_dpo_trainer(job: JobConfig, model, tokenizer, data: Prepared, output_d
 
     args = _config(DPOConfig, trainer_arguments(job, output_dir, data.eval is not None) | dict(
         beta=job.pref_beta,
-        loss_type=job.pref_loss,
         max_length=job.cutoff_len,
+        **dpo_loss_arguments(job),
     ))
     trainer = StudioDPOTrainer(model=model, ref_model=None, args=args, train_dataset=data.train,
                                eval_dataset=data.eval, processing_class=tokenizer, callbacks=callbacks)
@@ -170,4 +178,7 @@ def build_dpo_trainer(job: JobConfig, model, tokenizer, data: Prepared, output_d
     return trainer
 
 
-BUILDERS = {"sft": build_sft_trainer, "pt": build_sft_trainer, "dpo": build_dpo_trainer}
+BUILDERS = {"sft": build_sft_trainer, "pt": build_sft_trainer, "dpo": build_preference_trainer}
+BUILDERS["kto"] = build_kto_trainer
+BUILDERS["rm"] = build_reward_trainer
+BUILDERS["grpo"] = build_grpo_trainer
