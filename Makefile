@@ -10,7 +10,7 @@ PORT   ?= 7860
 export GRADIO_ANALYTICS_ENABLED = False
 export HF_HUB_DISABLE_TELEMETRY = 1
 
-.PHONY: studio test setup browser lint bench bench-export bench-api bench-ui gguf-quant clean
+.PHONY: studio test setup browser lint bench bench-export bench-api bench-eval bench-ui gguf-quant clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,9 @@ bench-export: $(STAMP)
 
 bench-api: $(STAMP)
 	$(PY) bench/api_latency.py
+
+bench-eval: $(STAMP)
+	$(PY) bench/eval_speed.py
 
 bench-ui: $(STAMP)
 	$(PY) bench/ui_overhead.py

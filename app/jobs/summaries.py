@@ -30,6 +30,7 @@ class RunSummary:
     loss: float | None
     error: str | None
     kind: str = "train"  # the ftstudio command that runs it: train | eval | ...
+    best: dict[str, Any] | None = None  # the newest `best` event: step, eval_loss, path of the best checkpoint
 
 
 @dataclass
@@ -39,6 +40,7 @@ class _Tail:
     offset: int = 0
     size: int = 0
     last_log: dict[str, Any] | None = None
+    best: dict[str, Any] | None = None
     job_stamp: tuple[int, int] | None = None
     job: dict[str, str] | None = None
 
@@ -70,7 +72,7 @@ class SummaryCache:
             name=run.name, path=str(run.path), kind=run.kind, state=state.get("state", "?"),
             stage=job["stage"], method=job["method"], dataset=job["dataset"], started=state.get("started"),
             step=last.get("step"), total_steps=last.get("total_steps"), loss=last.get("loss"),
-            error=state.get("error"),
+            error=state.get("error"), best=tail.best,
         )
 
     def forget(self, keep: set[str]) -> None:
@@ -83,7 +85,7 @@ class SummaryCache:
         stamp = _stamp(run.events.path)
         size = stamp[0] if stamp else 0
         if size < tail.offset:  # replaced or truncated: start over
-            tail.offset, tail.last_log = 0, None
+            tail.offset, tail.last_log, tail.best = 0, None, None
         if size == tail.offset:
             return
         events, offset = run.events.read_from(tail.offset)
@@ -92,6 +94,8 @@ class SummaryCache:
         for event in events:
             if event.get("kind") == "log" and not event.get("final"):
                 tail.last_log = event
+            elif event.get("kind") == "best" and event.get("eval_loss") is not None:
+                tail.best = event
 
     def _job(self, run: RunFolder, tail: _Tail) -> dict[str, str]:
         stamp = _stamp(run.job_file)

@@ -15,6 +15,7 @@ import torch
 from datasets import Dataset
 
 from app.config import JobConfig
+from app.train import tracking
 from app.train.checkpoints import AtomicCheckpointMixin
 from app.train.grpo import build_grpo_trainer
 from app.train.preference import build_kto_trainer, build_preference_trainer, dpo_loss_arguments
@@ -52,6 +53,8 @@ def prepare_data(job: JobConfig, tokenizer) -> Prepared:
     from app.data.formats import load_examples
     from app.data.render import tokenize_pt, tokenize_sft
 
+    if (separate := tracking.with_eval_dataset(job, tokenizer, prepare_data)) is not None:
+        return separate
     catalogue = load_catalogue(job.dataset_dir)
     examples: list[dict] = []
     for name in job.datasets:
@@ -118,7 +121,7 @@ def trainer_arguments(job: JobConfig, output_dir: Path, has_eval: bool) -> dict:
         disable_tqdm=True,
         dataloader_num_workers=0,
         neftune_noise_alpha=job.neftune_noise_alpha if job.stage in ("sft", "pt") else None,
-    )
+    ) | tracking.trainer_arguments(job, output_dir, has_eval)
 
 
 def _config(cls, kwargs: dict):
@@ -152,7 +155,7 @@ def build_sft_trainer(job: JobConfig, model, tokenizer, data: Prepared, output_d
         packing=False,
     ))
     trainer = StudioSFTTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                               processing_class=tokenizer, callbacks=callbacks)
+                               processing_class=tokenizer, callbacks=callbacks + tracking.callbacks(job, callbacks))
     keep_trainable_fp32(trainer.model)
     return trainer
 
@@ -171,7 +174,8 @@ def build_dpo_trainer(job: JobConfig, model, tokenizer, data: Prepared, output_d
         **dpo_loss_arguments(job),
     ))
     trainer = StudioDPOTrainer(model=model, ref_model=None, args=args, train_dataset=data.train,
-                               eval_dataset=data.eval, processing_class=tokenizer, callbacks=callbacks)
+                               eval_dataset=data.eval, processing_class=tokenizer,
+                               callbacks=callbacks + tracking.callbacks(job, callbacks))
     keep_trainable_fp32(trainer.model)
     if trainer.ref_model is not None:  # TRL runs it under no_grad; frozen makes that a guarantee
         trainer.ref_model.requires_grad_(False)

@@ -17,11 +17,11 @@ from app.jobs.manager import JobManager
 from app.net import is_loopback
 from app.ui.context import StudioContext, max_upload_mb
 from app.ui.i18n import LANGUAGES
-from app.ui.tabs import chat, dataset, export, model, train
+from app.ui.tabs import chat, dataset, evaluate, export, model, train
 
 TABS: tuple[tuple[str, Callable[[StudioContext], None]], ...] = (
-    ("model", model.build), ("dataset", dataset.build), ("train", train.build), ("chat", chat.build),
-    ("export", export.build),
+    ("model", model.build), ("dataset", dataset.build), ("train", train.build), ("evaluate", evaluate.build),
+    ("chat", chat.build), ("export", export.build),
 )
 CSS = """
 #studio-header { align-items: center; }

@@ -31,6 +31,7 @@ RUN_STRINGS: dict[str, dict[str, str]] = {
     "col.dataset": {"en": "dataset", "zh": "数据集"},
     "col.step": {"en": "step", "zh": "步数"},
     "col.loss": {"en": "loss", "zh": "损失"},
+    "col.best": {"en": "best", "zh": "最佳检查点"},
     # memory table
     "col.part": {"en": "part", "zh": "组成部分"},
     "col.mb": {"en": "MB", "zh": "MB"},

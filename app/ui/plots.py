@@ -28,7 +28,7 @@ LOSS_COLUMNS = ["step", "loss", "series"]
 LR_COLUMNS = ["step", "lr"]
 LOSS_SERIES = ("train", "eval")
 COMPARE_COLUMNS = ["step", "loss", "run"]
-RUN_COLUMNS = ["name", "state", "stage", "method", "dataset", "step", "loss"]
+RUN_COLUMNS = ["name", "state", "stage", "method", "dataset", "step", "loss", "best"]
 PALETTE = ("#f97316", "#3b82f6", "#10b981", "#a855f7", "#ef4444", "#eab308", "#14b8a6", "#ec4899")
 
 
@@ -172,8 +172,21 @@ def runs_frame(summaries: list[RunSummary], t: Translate = english) -> pd.DataFr
     for s in summaries:
         step = "" if s.step is None else f"{s.step}/{s.total_steps}" if s.total_steps else str(s.step)
         loss = "" if s.loss is None else f"{s.loss:.4f}"
-        rows.append([s.name, state_label(s.state, t), s.stage, s.method, s.dataset, step, loss])
+        rows.append([s.name, state_label(s.state, t), s.stage, s.method, s.dataset, step, loss, best_text(s)])
     return pd.DataFrame(rows, columns=[t(f"col.{c}") for c in RUN_COLUMNS])
+
+
+def best_text(summary: RunSummary) -> str:
+    """★ checkpoint-N (eval loss) of a run's best checkpoint (its newest `best` event), or ""."""
+    best = getattr(summary, "best", None)
+    if isinstance(best, str):
+        return best
+    return f"★ checkpoint-{best['step']} ({best['eval_loss']:.4f})" if best else ""
+
+
+def with_best(summaries: list[RunSummary]) -> list[RunSummary]:
+    """Kept for callers: the summaries already carry their best checkpoint (read incrementally)."""
+    return summaries
 
 
 def memory_frame(estimate: Any, t: Translate = english) -> pd.DataFrame:
