@@ -42,7 +42,7 @@ def test_status_line_and_run_table_in_chinese():
     assert "失败" in failed and "错误：val_size：划分验证集至少需要 2 行数据，当前只有 1 行" in failed
     frame = plots.runs_frame([RunSummary("lumi", "/x", "stopped", "sft", "lora", "identity", None, 3, 10, 1.5, None)],
                              zh)
-    assert list(frame.columns) == ["名称", "状态", "阶段", "方法", "数据集", "步数", "损失"]
+    assert list(frame.columns) == ["名称", "状态", "阶段", "方法", "数据集", "步数", "损失", "最佳检查点"]
     assert frame.iloc[0]["状态"] == "已停止"
 
 

@@ -304,3 +304,17 @@ def test_two_managers_on_one_runs_folder_start_a_queued_run_once(studio, tmp_pat
     starts = [e for e in second.events.read_all() if e["kind"] == "stage"]
     assert len(starts) == 1  # one worker ran it
     assert second.log_file.read_text().count("starting second") == 1
+
+
+def test_the_best_checkpoint_comes_with_the_incremental_summary(tmp_path):
+    from app.ui import plots
+
+    manager = JobManager(tmp_path / "runs", python="/bin/false")
+    run = RunFolder(tmp_path / "runs" / "evalled")
+    run.create(JobConfig(output_dir=str(run.path)))
+    run.write_state(state="finished")
+    run.events.append("best", step=20, eval_loss=1.25, path="checkpoint-20")
+    run.events.append("log", step=21, total_steps=40, loss=1.0, lr=1e-4)
+    assert plots.runs_frame(manager.summaries()).iloc[0]["best"] == "★ checkpoint-20 (1.2500)"
+    run.events.append("best", step=30, eval_loss=1.0, path="checkpoint-30")
+    assert manager.summaries()[0].best["step"] == 30
