@@ -185,7 +185,17 @@ def best_text(summary: RunSummary) -> str:
 
 
 def with_best(summaries: list[RunSummary]) -> list[RunSummary]:
-    """Kept for callers: the summaries already carry their best checkpoint (read incrementally)."""
+    """Fill `best` of summaries built by hand (the manager's carry it already, read incrementally: the run
+    monitor never calls this per tick)."""
+    from pathlib import Path
+
+    from app.train.runfolder import EventLog
+
+    for s in summaries:
+        if getattr(s, "best", None) is None:
+            found = [e for e in EventLog(Path(s.path) / "events.jsonl").read_all()
+                     if e.get("kind") == "best" and e.get("eval_loss") is not None]
+            s.best = found[-1] if found else None
     return summaries
 
 
