@@ -134,7 +134,9 @@ def build_sft_trainer(job: JobConfig, model, tokenizer, data: Prepared, output_d
     """SFT and continued pre-training: the rows are already tokenized (input_ids, completion_mask)."""
     from trl import SFTConfig, SFTTrainer
 
-    class StudioSFTTrainer(AtomicCheckpointMixin, SFTTrainer):
+    from app.train.fast_trainers import FastSFTMixin
+
+    class StudioSFTTrainer(AtomicCheckpointMixin, FastSFTMixin, SFTTrainer):
         pass
 
     args = _config(SFTConfig, trainer_arguments(job, output_dir, data.eval is not None) | dict(
@@ -154,7 +156,9 @@ def build_dpo_trainer(job: JobConfig, model, tokenizer, data: Prepared, output_d
     disabled (ref_model=None, no second copy); with freeze/full, TRL loads a frozen copy of the base."""
     from trl import DPOConfig, DPOTrainer
 
-    class StudioDPOTrainer(AtomicCheckpointMixin, DPOTrainer):
+    from app.train.fast_trainers import FastDPOMixin
+
+    class StudioDPOTrainer(AtomicCheckpointMixin, FastDPOMixin, DPOTrainer):
         pass
 
     args = _config(DPOConfig, trainer_arguments(job, output_dir, data.eval is not None) | dict(

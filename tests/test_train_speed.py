@@ -1,0 +1,102 @@
+"""Speed levers keep the loss honest: the same rows give the same loss (and gradients) however the
+batch is laid out and whichever head computes it. A tiny random llama with SmolLM2's vocabulary."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_train_support import make_tiny_model
+
+from app.train import loss_head
+
+# three rows of different lengths: prompt tokens (mask 0) then completion tokens (mask 1)
+ROWS = [([5, 6, 7, 8, 9, 10, 11], [0, 0, 0, 1, 1, 1, 1]),
+        ([12, 13, 14, 15], [0, 0, 1, 1]),
+        ([16, 17, 18, 19, 20, 21, 22, 23, 24, 25], [0, 0, 0, 0, 0, 1, 1, 1, 1, 1])]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(make_tiny_model(tmp_path_factory.mktemp("tiny") / "m"),
+                                                 dtype=torch.float32)
+    model.config.use_cache = False
+    return model.eval()
+
+
+def collate(padding_free: bool) -> dict:
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    collator = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=padding_free)
+    rows = [{"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)]} for ids, mask in ROWS]
+    return collator(rows)
+
+
+def n_labels(batch: dict) -> int:
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def grads(model, loss) -> list[torch.Tensor]:
+    model.zero_grad()
+    loss.backward()
+    return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("padding_free", [True, False])
+def test_completion_only_logits_give_the_full_logit_loss_and_gradients(tiny_model, padding_free):
+    batch = collate(padding_free)
+    full = tiny_model(**batch).loss  # transformers' own loss over every position's logits
+    full_grads = grads(tiny_model, full)
+    kept, counted = loss_head.completion_loss(tiny_model, batch)
+    assert int(counted) == n_labels(batch) == sum(sum(m) for _, m in ROWS)
+    assert kept.item() == pytest.approx(full.item(), rel=1e-6)
+    for a, b in zip(full_grads, grads(tiny_model, kept), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # float sums in another order
+
+
+def test_label_columns_skip_prompt_and_padding():
+    labels = torch.tensor([[-100, -100, 3, 4, -100], [-100, -100, -100, 9, -100]])
+    assert loss_head.label_columns(labels).tolist() == [1, 2]  # position i predicts label i + 1
+
+
+def test_padded_and_padding_free_batches_give_the_same_loss(tiny_model):
+    padded, flat = collate(False), collate(True)
+    assert flat["input_ids"].shape[0] == 1 and "position_ids" in flat and "attention_mask" not in flat
+    assert padded["input_ids"].shape == (3, 10)
+    with torch.no_grad():
+        loss_padded = tiny_model(**padded).loss
+        loss_flat = tiny_model(**flat).loss
+    assert loss_flat.item() == pytest.approx(loss_padded.item(), rel=1e-5)
+
+
+def test_num_items_in_batch_divides_like_the_model_loss(tiny_model):
+    batch = collate(True)
+    with torch.no_grad():
+        full = tiny_model(**batch, num_items_in_batch=40).loss
+        kept, _ = loss_head.completion_loss(tiny_model, batch, num_items_in_batch=40)
+    assert kept.item() == pytest.approx(full.item(), rel=1e-6)
+
+
+def test_compact_fused_head_gives_the_full_logit_log_probs(tmp_path):
+    """The DPO head: TRL's fused head restricted to label positions (also on CPU), log-probs only."""
+    from transformers import AutoModelForCausalLM
+
+    from app.train.fast_trainers import install_compact_dpo_head
+
+    folder = make_tiny_model(tmp_path / "m")
+    reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    fused = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    install_compact_dpo_head(fused)
+    batch = collate(False)
+    labels = batch["labels"]
+    with torch.no_grad():
+        logits = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        out = fused(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
+                    fused_lm_head=True)
+    shifted = labels[:, 1:]
+    expected = torch.log_softmax(logits.float(), -1).gather(-1, shifted.clamp(min=0)[..., None])[..., 0]
+    expected = expected.masked_fill(shifted == -100, 0)
+    torch.testing.assert_close(out.log_probs, expected, rtol=1e-5, atol=1e-5)
+    assert out.entropy is not None and not out.entropy.any()  # zeros: DPO's extra metrics are dropped
