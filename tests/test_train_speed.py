@@ -100,3 +100,59 @@ def test_compact_fused_head_gives_the_full_logit_log_probs(tmp_path):
     expected = expected.masked_fill(shifted == -100, 0)
     torch.testing.assert_close(out.log_probs, expected, rtol=1e-5, atol=1e-5)
     assert out.entropy is not None and not out.entropy.any()  # zeros: DPO's extra metrics are dropped
+
+
+# -- start-up: parsed once, tokenized rows reused -------------------------------------------------------
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def identity_job(**changes):
+    from app.config import JobConfig
+
+    return JobConfig(**({"dataset": "identity", "dataset_dir": str(REPO), "cutoff_len": 128} | changes))
+
+
+def test_cached_tokenization_equals_fresh(smol_tokenizer, tmp_path, monkeypatch):
+    from app.train import data_cache, recipes
+
+    monkeypatch.setenv("FTSTUDIO_CACHE", str(tmp_path / "cache"))
+    job = identity_job(val_size=0.1)
+    fresh = recipes.prepare_data(job, smol_tokenizer, use_cache=False)
+    first = recipes.prepare_data(job, smol_tokenizer)  # a miss: tokenizes and stores
+    again = recipes.prepare_data(job, smol_tokenizer)  # a hit
+    assert "reused from cache" in again.message and "reused" not in first.message
+    for split in ("train", "eval"):
+        assert getattr(again, split).to_list() == getattr(fresh, split).to_list()
+    assert again.n_rows == fresh.n_rows and len(fresh.train) > 0
+    assert len(data_cache.TokenCache().entries()) == 1
+    # anything that changes the rows changes the fingerprint
+    base = data_cache.fingerprint(job, smol_tokenizer)
+    assert data_cache.fingerprint(identity_job(val_size=0.1, cutoff_len=64), smol_tokenizer) != base
+    assert data_cache.fingerprint(identity_job(val_size=0.1, max_samples=5), smol_tokenizer) != base
+    assert data_cache.fingerprint(identity_job(), smol_tokenizer) != base
+
+
+def test_cache_key_follows_the_data_file_and_the_cache_is_bounded(smol_tokenizer, tmp_path):
+    import json
+
+    from app.data.render import tokenize_sft
+    from app.train import data_cache, recipes
+
+    (tmp_path / "data").mkdir()
+    rows = [{"instruction": f"Question {i}?", "input": "", "output": f"Answer {i}."} for i in range(6)]
+    data_file = tmp_path / "data" / "qa.json"
+    data_file.write_text(json.dumps(rows))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"qa": {"file_name": "data/qa.json"}}))
+    job = identity_job(dataset="qa", dataset_dir=str(tmp_path))
+    before = data_cache.fingerprint(job, smol_tokenizer)
+    assert len(data_cache.examples_for(job)) == 6
+    data_file.write_text(json.dumps(rows[:4]))
+    assert data_cache.fingerprint(job, smol_tokenizer) != before  # size and mtime changed
+    assert len(data_cache.examples_for(job)) == 4  # parsed again, not the stale rows
+
+    cache = data_cache.TokenCache(tmp_path / "bounded", max_entries=2)
+    train, _ = recipes.split_eval(tokenize_sft(data_cache.examples_for(job), smol_tokenizer, 64)[0], job)
+    for key in ("a", "b", "c"):
+        cache.store(key, data_cache.Cached(train, None, 4, "m"))
+    assert [p.name for p in cache.entries()] == ["c", "b"]  # the oldest went
+    assert cache.load("a") is None and cache.load("b").train.to_list() == train.to_list()

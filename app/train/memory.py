@@ -136,7 +136,7 @@ def job_parallelism(job: JobConfig) -> tuple[int, int]:
     """(world size, ZeRO stage) from the job's own fields; fsdp shards like ZeRO-3."""
     stage = 3 if job.distributed_strategy == "fsdp" else (
         int(job.distributed_strategy[-1]) if job.distributed_strategy.startswith("deepspeed_zero") else 0)
-    return job.num_processes or 1, stage
+    return (job.num_processes or 1) * job.num_machines, stage
 
 
 def activation_bytes_per_token(info: ModelInfo, job: JobConfig) -> float:
@@ -161,6 +161,8 @@ def estimate_memory(info: ModelInfo, job: JobConfig, on_gpu: bool, world_size: i
                     zero_stage: int | None = None) -> MemoryEstimate:
     """Peak memory per device (GPU memory, or process RSS on CPU). world_size / zero_stage default to
     what the job asks for (num_processes, distributed_strategy)."""
+    if job.bf16 is None:  # automatic: bf16 on a GPU (assumed Ampere or newer), fp32 on CPU
+        job = job.replace(bf16=on_gpu and not job.fp16)
     job_world, job_stage = job_parallelism(job)
     world_size = job_world if world_size is None else world_size
     zero_stage = job_stage if zero_stage is None else zero_stage

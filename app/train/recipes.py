@@ -39,19 +39,24 @@ def split_eval(rows: list[dict], job: JobConfig) -> tuple[Dataset, Dataset | Non
     return parts["train"], parts["test"]
 
 
-def prepare_data(job: JobConfig, tokenizer) -> Prepared:
-    """Load every dataset of the job, render it through the chat template, tokenize and split."""
-    from app.data.catalogue import load_catalogue
-    from app.data.formats import load_examples
-    from app.data.render import tokenize_pt, tokenize_sft
+def prepare_data(job: JobConfig, tokenizer, use_cache: bool = True) -> Prepared:
+    """Load every dataset of the job, render it through the chat template, tokenize and split.
 
-    catalogue = load_catalogue(job.dataset_dir)
-    examples: list[dict] = []
-    for name in job.datasets:
-        examples += load_examples(catalogue[name], job.stage, max_samples=job.max_samples)
-    if job.stage == "dpo":
+    The tokenized rows are reused from the previous run of the same data, tokenizer and settings
+    (app.train.data_cache); the examples are parsed once per process."""
+    from app.data.render import tokenize_pt, tokenize_sft
+    from app.train.data_cache import Cached, TokenCache, examples_for, fingerprint
+
+    if job.stage == "dpo":  # TRL renders and tokenizes preference rows itself
+        examples = examples_for(job)
         train, evaluation = split_eval(examples, job)
         return Prepared(train, evaluation, len(examples), f"{len(examples):,} preference rows")
+    cache = TokenCache() if use_cache else None
+    key = fingerprint(job, tokenizer) if cache else ""
+    hit = cache.load(key) if cache else None
+    if hit is not None:
+        return Prepared(hit.train, hit.eval, hit.n_rows, hit.message + " (tokenized rows reused from cache)")
+    examples = examples_for(job)
     if job.stage == "pt":
         rows, stats = tokenize_pt(examples, tokenizer, job.cutoff_len)
         message = f"{len(examples):,} texts packed into {len(rows):,} blocks of {job.cutoff_len} tokens"
@@ -62,7 +67,16 @@ def prepare_data(job: JobConfig, tokenizer) -> Prepared:
     if not rows:
         raise ValueError(f"dataset: nothing left to train on after tokenizing ({message})")
     train, evaluation = split_eval(rows, job)
+    if cache:
+        cache.store(key, Cached(train, evaluation, len(examples), message))
     return Prepared(train, evaluation, len(examples), message)
+
+
+def row_lengths(data: Prepared) -> list[int]:
+    """Token count of every training row (SFT / pre-training), for the memory estimate."""
+    if "input_ids" not in data.train.column_names:
+        return []
+    return [len(ids) for ids in data.train["input_ids"]]
 
 
 def trainer_arguments(job: JobConfig, output_dir: Path, has_eval: bool) -> dict:
@@ -110,6 +124,7 @@ def trainer_arguments(job: JobConfig, output_dir: Path, has_eval: bool) -> dict:
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,
+        torch_compile=job.torch_compile,
     )
 
 
