@@ -75,3 +75,38 @@ def test_sharding_and_offload(info):
     # explicit arguments win over the job's fields (the UI passes the visible GPU count)
     assert estimate_memory(info, JobConfig(finetuning_type="full"), on_gpu=True, world_size=4,
                            zero_stage=3).weights_mb == pytest.approx(full.weights_mb / 4)
+
+
+def test_estimate_from_the_tokenized_rows(info):
+    from app.train.memory import largest_batch
+
+    rows = [(40, 10), (200, 150), (90, 30), (120, 100), (10, 5)]
+    job = JobConfig(cutoff_len=256, per_device_train_batch_size=2)
+    assert largest_batch(job, rows) == (200 + 120, 150 + 100)  # the two longest rows, flattened
+    assert largest_batch(job.replace(padding_free=False), rows) == (2 * 200, 250)  # padded to the longest
+    assert largest_batch(job, None) == (512, 512)  # before tokenizing: full-length rows
+    worst, real = estimate_memory(info, job, on_gpu=False), estimate_memory(info, job, on_gpu=False, rows=rows)
+    assert real.from_data and not worst.from_data and real.tokens_per_step == 320
+    assert real.activations_mb < worst.activations_mb
+    # the head scores label tokens only: fewer labels, less memory at the same length
+    fewer_labels = estimate_memory(info, job, on_gpu=False, rows=[(n, 1) for n, _ in rows])
+    assert fewer_labels.activations_mb < real.activations_mb
+    assert estimate_memory(info, job, on_gpu=True, rows=rows).activations_mb < real.activations_mb  # fused head
+
+
+def test_gradient_checkpointing_only_when_the_job_would_not_fit(tmp_path):
+    from datasets import Dataset
+
+    from app.train.memory_plan import plan_memory
+
+    folder = make_tiny_model(tmp_path / "m")
+    train = Dataset.from_list([{"input_ids": list(range(n)), "completion_mask": [1] * n} for n in (50, 60, 70)])
+    job = JobConfig(cutoff_len=256, per_device_train_batch_size=2)
+    fits, estimate, message, switched = plan_memory(job, folder, train, on_gpu=False, free_mb=100_000)
+    assert not switched and not fits.gradient_checkpointing and "it fits" in message
+    assert estimate.tokens_per_step == 130 and "from the tokenized rows" in message
+    tight, smaller, message, switched = plan_memory(job, folder, train, on_gpu=False, free_mb=estimate.total_mb)
+    assert switched and tight.gradient_checkpointing and "turned on" in message
+    assert smaller.total_mb < estimate.total_mb
+    asked, _, message, switched = plan_memory(job.replace(gradient_checkpointing=True), folder, train, False, 1.0)
+    assert asked.gradient_checkpointing and not switched and "(asked)" in message

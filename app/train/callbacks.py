@@ -2,7 +2,8 @@
 
 Event schema (events.jsonl; every line also has "t" and "kind"; new keys may appear, none is renamed):
 
-    stage       name (validating | launching | loading_model | tokenizing | model_ready | training | saving),
+    stage       name (validating | launching | loading_model | tokenizing | memory | model_ready | training |
+                saving),
                 message; optional: level ("warning"), rows, trainable_params, total_params, device,
                 world_size, strategy, resumed_from
     log         step, total_steps, epoch, loss, lr, grad_norm, tokens_per_s (real, non-padding tokens
@@ -10,11 +11,11 @@ Event schema (events.jsonl; every line also has "t" and "kind"; new keys may app
                 far), eta_s, mem_mb (this process: peak GPU memory, or RSS on CPU);
                 final: true on the Trainer's closing summary (train_loss, no loss).
                 Extra numbers a trainer reports ride along, "/" turned into "_":
-                  SFT / PT: entropy, mean_token_accuracy
+                  SFT / PT: none (the entropy and token accuracy TRL computes each step are skipped)
                   DPO:      rewards_chosen, rewards_rejected (beta x policy-minus-reference log-prob of the
                             chosen / rejected answer), rewards_margins (chosen - rejected),
                             rewards_accuracies (share of pairs with chosen > rejected), logps_chosen,
-                            logps_rejected, logits_chosen, logits_rejected, entropy, mean_token_accuracy
+                            logps_rejected (entropy, token accuracy and mean logits are not computed)
     eval        step, eval_loss (+ every other eval_* number, "/" turned into "_": eval_rewards_margins,
                 eval_rewards_accuracies, eval_logps_chosen, ... for DPO). With val_size, a first eval runs
                 at step 0: the baseline of the eval curve.

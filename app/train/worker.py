@@ -148,6 +148,7 @@ def _train(job: JobConfig, run: RunFolder, events, ctx: RunContext) -> str:
     from app.train import distributed
     from app.train.callbacks import EventCallback
     from app.train.kernels import resolve_precision
+    from app.train.memory_plan import plan_memory
     from app.train.model_setup import apply_method, count_parameters, load_model, load_tokenizer
     from app.train.recipes import BUILDERS, prepare_data
 
@@ -162,6 +163,8 @@ def _train(job: JobConfig, run: RunFolder, events, ctx: RunContext) -> str:
     events.append("stage", name="tokenizing", message=f"tokenized {data.message}", rows=data.n_rows)
     log.info("data: %s", data.message)
 
+    job, _, note, switched = plan_memory(job, model_dir, data.train, torch.cuda.is_available())
+    events.append("stage", name="memory", message=note, **({"level": "warning"} if switched else {}))
     model = apply_method(job, load_model(job, model_dir, warn=lambda msg: events.append(
         "stage", name="loading_model", level="warning", message=msg)))
     trainable, total = count_parameters(model)
