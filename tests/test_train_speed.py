@@ -27,11 +27,7 @@ def tiny_model(tmp_path_factory):
 
 
 def collate(padding_free: bool) -> dict:
-    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
-
-    collator = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=padding_free)
-    rows = [{"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)]} for ids, mask in ROWS]
-    return collator(rows)
+    return collate_rows(ROWS, padding_free)
 
 
 def n_labels(batch: dict) -> int:
@@ -156,3 +152,30 @@ def test_cache_key_follows_the_data_file_and_the_cache_is_bounded(smol_tokenizer
         cache.store(key, data_cache.Cached(train, None, 4, "m"))
     assert [p.name for p in cache.entries()] == ["c", "b"]  # the oldest went
     assert cache.load("a") is None and cache.load("b").train.to_list() == train.to_list()
+
+
+def test_cpu_runs_one_row_per_micro_batch_with_the_same_update(tiny_model, tmp_path, monkeypatch):
+    from app.config import JobConfig
+    from app.train import recipes
+    from app.train.batching import micro_batches
+
+    job = JobConfig(per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    assert micro_batches(job, on_gpu=False) == (1, 8) and micro_batches(job, on_gpu=True) == (4, 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = recipes.trainer_arguments(job, tmp_path, has_eval=False)
+    assert (args["per_device_train_batch_size"], args["gradient_accumulation_steps"]) == (1, 8)
+    # the batch's loss normalised over all its label tokens = the sum of the rows' (num_items_in_batch)
+    batch = collate(True)
+    total = n_labels(batch)
+    with torch.no_grad():
+        whole, _ = loss_head.completion_loss(tiny_model, batch, num_items_in_batch=total)
+        rows = [loss_head.completion_loss(tiny_model, single, num_items_in_batch=total)[0]
+                for single in (collate_rows([row], True) for row in ROWS)]
+    assert sum(r.item() for r in rows) == pytest.approx(whole.item(), rel=1e-5)
+
+
+def collate_rows(rows, padding_free: bool) -> dict:
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    collator = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=padding_free)
+    return collator([{"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)]} for ids, mask in rows])

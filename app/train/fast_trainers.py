@@ -79,9 +79,9 @@ class FastDPOMixin:
         install_compact_dpo_head(base, ref=self.ref_model)
 
     def log(self, logs: dict, *args, **kwargs):
-        for key in DPO_EXTRA_METRICS:
-            for prefix in ("", "eval_"):
-                logs.pop(prefix + key, None)
+        for metrics in self._metrics.values():  # DPOTrainer.log merges these into the logs
+            for key in DPO_EXTRA_METRICS:
+                metrics.pop(key, None)
         return super().log(logs, *args, **kwargs)
 
 

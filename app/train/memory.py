@@ -143,10 +143,13 @@ def job_parallelism(job: JobConfig) -> tuple[int, int]:
     return (job.num_processes or 1) * job.num_machines, stage
 
 
-def largest_batch(job: JobConfig, rows: list[tuple[int, int]] | None) -> tuple[int, int]:
+def largest_batch(job: JobConfig, rows: list[tuple[int, int]] | None, on_gpu: bool = True) -> tuple[int, int]:
     """(tokens, label tokens) of the largest micro-batch: from the tokenized rows' (length, labels) when
-    known (the batch of the longest rows; padded batches pad to their longest), else batch x cutoff_len."""
-    batch = job.per_device_train_batch_size
+    known (the batch of the longest rows; padded batches pad to their longest), else batch x cutoff_len.
+    On CPU the worker runs one row per micro-batch (app.train.batching)."""
+    from app.train.batching import micro_batches
+
+    batch = micro_batches(job, on_gpu)[0]
     if not rows:
         tokens = batch * job.cutoff_len * (2 if job.stage == "dpo" else 1)  # DPO: chosen and rejected
         return tokens, tokens
@@ -212,7 +215,7 @@ def estimate_memory(info: ModelInfo, job: JobConfig, on_gpu: bool, world_size: i
         if zero_stage >= 3:
             offloaded, weights = offloaded + weights, 0.0
 
-    tokens, labels = largest_batch(job, rows)
+    tokens, labels = largest_batch(job, rows, on_gpu)
     activations = tokens * activation_bytes_per_token(info, job) + labels * head_bytes_per_label(info, job, on_gpu)
     overlap = (1 - BACKWARD_OVERLAP) * min(activations, gradients)
     dequant = linear * 4.0 if job.quantization_bit is not None and not on_gpu else 0.0

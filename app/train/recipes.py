@@ -82,8 +82,10 @@ def row_lengths(data: Prepared) -> list[int]:
 def trainer_arguments(job: JobConfig, output_dir: Path, has_eval: bool) -> dict:
     """Arguments shared by every TRL trainer config, from the job."""
     from app.train import distributed
+    from app.train.batching import micro_batches
 
     on_gpu = torch.cuda.is_available()
+    micro, accumulation = micro_batches(job, on_gpu)  # the same update, one row at a time on CPU
     eval_steps = job.eval_steps or job.save_steps
     extra: dict = {}
     if distributed.world_size() > 1 or job.distributed_strategy in ("fsdp", "deepspeed_zero2", "deepspeed_zero3"):
@@ -97,9 +99,9 @@ def trainer_arguments(job: JobConfig, output_dir: Path, has_eval: bool) -> dict:
         extra["ddp_find_unused_parameters"] = False  # every trainable weight takes part in each step
     return extra | dict(
         output_dir=str(output_dir),
-        per_device_train_batch_size=job.per_device_train_batch_size,
-        per_device_eval_batch_size=job.per_device_train_batch_size,
-        gradient_accumulation_steps=job.gradient_accumulation_steps,
+        per_device_train_batch_size=micro,
+        per_device_eval_batch_size=micro,
+        gradient_accumulation_steps=accumulation,
         learning_rate=job.learning_rate,
         num_train_epochs=job.num_train_epochs,
         max_steps=job.max_steps,
