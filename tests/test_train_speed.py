@@ -179,3 +179,19 @@ def collate_rows(rows, padding_free: bool) -> dict:
 
     collator = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=padding_free)
     return collator([{"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)]} for ids, mask in rows])
+
+
+def test_a_job_without_quantization_skips_bitsandbytes(monkeypatch):
+    import sys
+
+    from app.config import JobConfig
+    from app.train.startup import skip_unused_imports
+
+    monkeypatch.delitem(sys.modules, "bitsandbytes", raising=False)
+    assert skip_unused_imports(JobConfig(quantization_bit=4)) == []
+    assert skip_unused_imports(JobConfig(optim="paged_adamw_8bit")) == []
+    assert "bitsandbytes" not in sys.modules
+    assert skip_unused_imports(JobConfig()) == ["bitsandbytes"]
+    import importlib.util
+
+    assert importlib.util.find_spec("bitsandbytes") is None  # transformers and PEFT see it absent
