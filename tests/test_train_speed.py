@@ -181,17 +181,21 @@ def collate_rows(rows, padding_free: bool) -> dict:
     return collator([{"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)]} for ids, mask in rows])
 
 
-def test_a_job_without_quantization_skips_bitsandbytes(monkeypatch):
+def test_a_job_without_quantization_skips_bitsandbytes():
+    import importlib.util
     import sys
 
     from app.config import JobConfig
     from app.train.startup import skip_unused_imports
 
-    monkeypatch.delitem(sys.modules, "bitsandbytes", raising=False)
-    assert skip_unused_imports(JobConfig(quantization_bit=4)) == []
-    assert skip_unused_imports(JobConfig(optim="paged_adamw_8bit")) == []
-    assert "bitsandbytes" not in sys.modules
-    assert skip_unused_imports(JobConfig()) == ["bitsandbytes"]
-    import importlib.util
-
-    assert importlib.util.find_spec("bitsandbytes") is None  # transformers and PEFT see it absent
+    saved = sys.modules.pop("bitsandbytes", None)  # restored below: other tests load bitsandbytes
+    try:
+        assert skip_unused_imports(JobConfig(quantization_bit=4)) == []
+        assert skip_unused_imports(JobConfig(optim="paged_adamw_8bit")) == []
+        assert "bitsandbytes" not in sys.modules
+        assert skip_unused_imports(JobConfig()) == ["bitsandbytes"]
+        assert importlib.util.find_spec("bitsandbytes") is None  # transformers and PEFT see it absent
+    finally:
+        sys.modules.pop("bitsandbytes", None)
+        if saved is not None:
+            sys.modules["bitsandbytes"] = saved
