@@ -199,3 +199,34 @@ def test_a_job_without_quantization_skips_bitsandbytes():
         sys.modules.pop("bitsandbytes", None)
         if saved is not None:
             sys.modules["bitsandbytes"] = saved
+
+
+def test_gpu_check_stops_at_once_without_cuda(tmp_path):
+    import subprocess
+    import sys
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible: the check would run")
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 2
+    assert "no CUDA GPU is visible" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()  # nothing built before the check
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fused_head_on_gpu_gives_the_full_logit_loss(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    folder = make_tiny_model(tmp_path / "m")
+    reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).cuda().eval()
+    fused = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).cuda().eval()
+    loss_head.install_log_prob_head(fused)
+    assert loss_head.fused_head_available("cuda")
+    batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in collate(True).items()}
+    with torch.no_grad():
+        full = reference(**batch).loss
+        kept, counted = loss_head.fused_completion_loss(fused, batch)
+    assert int(counted) == n_labels(batch)
+    assert kept.item() == pytest.approx(full.item(), rel=1e-4)

@@ -5,7 +5,7 @@ Event schema (events.jsonl; every line also has "t" and "kind"; new keys may app
     stage       name (validating | launching | loading_model | tokenizing | memory | model_ready | training |
                 saving),
                 message; optional: level ("warning"), rows, trainable_params, total_params, device,
-                world_size, strategy, resumed_from
+                world_size, strategy, resumed_from, estimate_mb and gradient_checkpointing (memory)
     log         step, total_steps, epoch, loss, lr, grad_norm, tokens_per_s (real, non-padding tokens
                 per second over all processes, since the previous log), tokens (real tokens trained so
                 far), eta_s, mem_mb (this process: peak GPU memory, or RSS on CPU);

@@ -163,8 +163,9 @@ def _train(job: JobConfig, run: RunFolder, events, ctx: RunContext) -> str:
     events.append("stage", name="tokenizing", message=f"tokenized {data.message}", rows=data.n_rows)
     log.info("data: %s", data.message)
 
-    job, _, note, switched = plan_memory(job, model_dir, data.train, torch.cuda.is_available())
-    events.append("stage", name="memory", message=note, **({"level": "warning"} if switched else {}))
+    job, estimate, note, switched = plan_memory(job, model_dir, data.train, torch.cuda.is_available())
+    events.append("stage", name="memory", message=note, estimate_mb=round(estimate.total_mb),
+                  gradient_checkpointing=job.gradient_checkpointing, **({"level": "warning"} if switched else {}))
     model = apply_method(job, load_model(job, model_dir, warn=lambda msg: events.append(
         "stage", name="loading_model", level="warning", message=msg)))
     trainable, total = count_parameters(model)
