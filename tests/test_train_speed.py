@@ -230,3 +230,24 @@ def test_fused_head_on_gpu_gives_the_full_logit_loss(tmp_path):
         kept, counted = loss_head.fused_completion_loss(fused, batch)
     assert int(counted) == n_labels(batch)
     assert kept.item() == pytest.approx(full.item(), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_dpo_trains_with_precomputed_reference_and_no_extra_metrics(tmp_path):
+    from test_train_support import run_in_process, step_logs
+
+    from app.config import JobConfig
+    from app.train.recipes import data_passes
+    from app.train.runfolder import RunFolder
+
+    job = JobConfig(model_name_or_path=str(make_tiny_model(tmp_path / "m")), stage="dpo", dataset="preference_demo",
+                    dataset_dir=str(REPO), max_samples=8, cutoff_len=128, per_device_train_batch_size=2,
+                    gradient_accumulation_steps=1, max_steps=8, learning_rate=1e-3, logging_steps=1,
+                    save_steps=1000, output_dir=str(tmp_path / "run"))  # 16 pairs over 8 rows: two passes
+    assert data_passes(job, 8) == 2.0 and data_passes(job.replace(max_steps=-1, num_train_epochs=1.0), 8) == 1.0
+    assert run_in_process(job) == 0  # LoRA over two passes: the reference log-probs are precomputed
+    run = RunFolder(tmp_path / "run")
+    logs = step_logs(run.events.read_all())
+    assert [e["step"] for e in logs] == list(range(1, 9))
+    assert all("rewards_margins" in e and "entropy" not in e and "mean_token_accuracy" not in e for e in logs)
+    assert logs[-1]["rewards_margins"] > logs[0]["rewards_margins"]

@@ -74,6 +74,7 @@ class FastDPOMixin:
     """Mix in before trl.DPOTrainer (after the checkpoint mixin)."""
 
     def __init__(self, *args, **kwargs):
+        compact_selection()  # before TRL's __init__, which may precompute the reference log-probs
         super().__init__(*args, **kwargs)
         base = _base_model(self.model)
         install_compact_dpo_head(base, ref=self.ref_model)
@@ -93,16 +94,21 @@ def install_compact_dpo_head(base: torch.nn.Module, ref: torch.nn.Module | None 
     runs in torch there. The extras DPO's metrics read become zeros (their metrics are dropped)."""
     import trl.trainer.utils as trl_utils
 
-    if not getattr(trl_utils, "_ftstudio_compact", False):
-        original = trl_utils._use_triton
-        trl_utils._use_triton = lambda device: True  # noqa: E731 - compact selection on every device
-        trl_utils._ftstudio_compact = True
-        trl_utils._ftstudio_use_triton = original
+    compact_selection()
     for model in (base, ref):
         if model is None:
             continue
         trl_utils.add_fused_lm_head(model, outputs=("log_probs",))
         _zero_extras(model)
+
+
+def compact_selection() -> None:
+    """Make TRL's fused head select the label positions on every device (it decides per call)."""
+    import trl.trainer.utils as trl_utils
+
+    if not getattr(trl_utils, "_ftstudio_compact", False):
+        trl_utils._use_triton = lambda device: True  # noqa: E731 - the torch fold still runs off-Triton
+        trl_utils._ftstudio_compact = True
 
 
 def _zero_extras(model: torch.nn.Module) -> None:

@@ -130,6 +130,16 @@ def trainer_arguments(job: JobConfig, output_dir: Path, has_eval: bool) -> dict:
     )
 
 
+def data_passes(job: JobConfig, n_rows: int) -> float:
+    """How many times training goes over the training rows (epochs, or what max_steps amounts to)."""
+    if job.max_steps > 0:
+        from app.train import distributed
+
+        rows = job.max_steps * job.per_device_train_batch_size * job.gradient_accumulation_steps
+        return rows * distributed.world_size() / max(n_rows, 1)
+    return job.num_train_epochs
+
+
 def _config(cls, kwargs: dict):
     """Build a TRL config, dropping keys this TRL version does not know (logged, not silent)."""
     known = set(inspect.signature(cls).parameters)
@@ -182,6 +192,9 @@ def build_dpo_trainer(job: JobConfig, model, tokenizer, data: Prepared, output_d
         beta=job.pref_beta,
         loss_type=job.pref_loss,
         max_length=job.cutoff_len,
+        # The reference (the frozen base) scores each pair once, before training, when training sees the
+        # pairs more than once: later passes then skip the reference forward pass.
+        precompute_ref_log_probs=job.finetuning_type == "lora" and data_passes(job, len(data.train)) > 1.0,
     ))
     trainer = StudioDPOTrainer(model=model, ref_model=None, args=args, train_dataset=data.train,
                                eval_dataset=data.eval, processing_class=tokenizer, callbacks=callbacks)
