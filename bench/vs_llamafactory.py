@@ -23,6 +23,8 @@ Each run is `/usr/bin/time` around the program's own command line, in a fresh pr
   tokens/s           real (non-padding) tokens / train_runtime: the studio's count of the trained tokens,
                      LLaMA-Factory's `num_input_tokens_seen` (non-padding), each as its program reports it
   wall s, start s    the whole command; start = wall - train_runtime (imports, model load, tokenizing, save)
+  CPU s              user + system CPU seconds of the whole command: on a machine other jobs share, the
+                     work done, which their load inflates less than wall time (threads wait passively)
   peak RSS           `/usr/bin/time -f %M` (the process's peak resident memory); on a GPU also peak VRAM
                      (torch.cuda.max_memory_allocated at exit, through the same wrapper for both)
   final loss         the last logged step loss; train loss: the Trainer's mean over all steps
@@ -245,6 +247,7 @@ def lf_metrics(out: Path) -> dict:
 # -- report ----------------------------------------------------------------------------------------
 COLUMNS = [("samples_per_s", "samples/s", "{:.2f}"), ("tokens_per_s", "tokens/s", "{:.0f}"),
            ("s_per_step", "s/step", "{:.2f}"), ("wall_s", "wall s", "{:.0f}"), ("start_s", "start s", "{:.0f}"),
+           ("cpu_s", "CPU s", "{:.0f}"),
            ("peak_rss_mb", "peak RSS MB", "{:.0f}"), ("peak_vram_mb", "peak VRAM MB", "{:.0f}"),
            ("final_loss", "final loss", "{:.4f}"), ("train_loss", "train loss", "{:.4f}")]
 

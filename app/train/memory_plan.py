@@ -42,13 +42,17 @@ def free_memory_mb(on_gpu: bool) -> float:
 
 
 def plan_memory(job: JobConfig, model_dir: Path, train, on_gpu: bool,
-                free_mb: float | None = None) -> tuple[JobConfig, MemoryEstimate, str, bool]:
+                free_mb: float | None = None) -> tuple[JobConfig, MemoryEstimate | None, str, bool]:
     """(job to train, its estimate, a message for the user, whether checkpointing was turned on)."""
     from app.models.info import describe_model
 
-    info = describe_model(model_dir)
-    rows = training_rows(train)
-    estimate = estimate_memory(info, job, on_gpu, rows=rows or None)
+    try:
+        info = describe_model(model_dir)
+        rows = training_rows(train)
+        estimate = estimate_memory(info, job, on_gpu, rows=rows or None)
+    except Exception as exc:  # noqa: BLE001 - an estimate never stops a run
+        log.warning("memory estimate unavailable: %s", exc)
+        return job, None, f"memory estimate unavailable ({type(exc).__name__}); gradient checkpointing as asked", False
     where = "from the tokenized rows" if rows else "for full-length rows"
     message = (f"memory estimate {where}: {estimate.total_mb:,.0f} MB per device "
                f"(largest batch {estimate.tokens_per_step:,} tokens)")

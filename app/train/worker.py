@@ -164,7 +164,7 @@ def _train(job: JobConfig, run: RunFolder, events, ctx: RunContext) -> str:
     log.info("data: %s", data.message)
 
     job, estimate, note, switched = plan_memory(job, model_dir, data.train, torch.cuda.is_available())
-    events.append("stage", name="memory", message=note, estimate_mb=round(estimate.total_mb),
+    events.append("stage", name="memory", message=note, estimate_mb=round(estimate.total_mb) if estimate else None,
                   gradient_checkpointing=job.gradient_checkpointing, **({"level": "warning"} if switched else {}))
     model = apply_method(job, load_model(job, model_dir, warn=lambda msg: events.append(
         "stage", name="loading_model", level="warning", message=msg)))
