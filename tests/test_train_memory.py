@@ -112,3 +112,14 @@ def test_gradient_checkpointing_only_when_the_job_would_not_fit(tmp_path):
     assert smaller.total_mb < estimate.total_mb
     asked, _, message, switched = plan_memory(job.replace(gradient_checkpointing=True), folder, train, False, 1.0)
     assert asked.gradient_checkpointing and not switched and "(asked)" in message
+
+
+def test_lora_on_some_layers_keeps_fewer_activations(info):
+    from app.train.memory import untrained_linear_inputs
+
+    all_linear, qv = JobConfig(lora_target="all"), JobConfig(lora_target="q_proj,v_proj")
+    assert untrained_linear_inputs(info, all_linear) == 0
+    assert untrained_linear_inputs(info, JobConfig(finetuning_type="full")) == 0
+    # q and v read the attention input; o, gate/up and down keep nothing when frozen
+    assert untrained_linear_inputs(info, qv) == 2 * info.hidden_size + info.intermediate_size
+    assert est(info, lora_target="q_proj,v_proj").activations_mb < est(info).activations_mb

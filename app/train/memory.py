@@ -164,11 +164,30 @@ def head_bytes_per_label(info: ModelInfo, job: JobConfig, on_gpu: bool) -> float
     return info.vocab_size * 4.0 * (FUSED_HEAD_COPIES if on_gpu else LABEL_HEAD_COPIES)
 
 
+# A linear layer whose weight is frozen keeps no copy of its input for the backward pass; layers that
+# read the same tensor (q, k, v; gate, up) share one copy. Inputs per token of each group:
+LINEAR_INPUT_GROUPS = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "o_proj": "attn_out",
+                       "gate_proj": "mlp_in", "up_proj": "mlp_in", "down_proj": "mlp_mid"}
+
+
+def untrained_linear_inputs(info: ModelInfo, job: JobConfig) -> int:
+    """Values per token and layer that LoRA on only some linear layers does not keep (0 otherwise)."""
+    wanted = _lora_targets(job) if job.finetuning_type == "lora" else None
+    if wanted is None:
+        return 0
+    sizes = {"attn_in": info.hidden_size, "attn_out": info.hidden_size, "mlp_in": info.hidden_size,
+             "mlp_mid": info.intermediate_size}
+    kept = {group for name, group in LINEAR_INPUT_GROUPS.items() if name in wanted}
+    return sum(size for group, size in sizes.items() if group not in kept)
+
+
 def activation_bytes_per_token(info: ModelInfo, job: JobConfig) -> float:
     """Peak activation memory per token of the decoder layers (the head is counted per label token)."""
     act_bytes = 2.0 if (job.bf16 or job.fp16) else 4.0
     kv = info.hidden_size * info.n_kv_heads // max(info.n_heads, 1)
-    per_layer = (10 * info.hidden_size + 3 * info.intermediate_size + 4 * kv) * act_bytes * ACTIVATION_FACTOR
+    values = 10 * info.hidden_size + 3 * info.intermediate_size + 4 * kv  # every linear layer trained
+    values -= untrained_linear_inputs(info, job)
+    per_layer = values * act_bytes * ACTIVATION_FACTOR
     if job.finetuning_type == "freeze":
         graph_layers = info.n_layers - min(freeze_layers(info, job))  # from the first trainable layer on
     else:
