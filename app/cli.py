@@ -6,12 +6,13 @@ import argparse
 import os
 import sys
 
-from app.config import ConfigError, EvalConfig, JobConfig, Schema
+from app.config import STAGES, ConfigError, EvalConfig, GenerateConfig, JobConfig, Schema
 
 
-def _schema_parser(sub, cls: type[Schema], help: str, description: str) -> argparse.ArgumentParser:
+def _schema_parser(sub, cls: type[Schema], help: str, description: str,
+                   name: str | None = None) -> argparse.ArgumentParser:
     """A subcommand whose flags are the fields of a config schema (names, help and defaults from it)."""
-    parser = sub.add_parser(cls.COMMAND, help=help, description=description)
+    parser = sub.add_parser(name or cls.COMMAND, help=help, description=description)
     parser.add_argument("job", nargs="?", help=f"a YAML file of {cls.__name__} keys (LLaMA-Factory's names)")
     for name, f in cls.spec().items():
         choices = [str(c) for c in f.metadata["choices"] if c is not None] if f.metadata["choices"] else None
@@ -48,6 +49,19 @@ def cmd_train(args) -> int:
     return run_job(job)
 
 
+def cmd_continue(args) -> int:
+    from app.train.continuation import continue_job
+    from app.train.worker import run_job
+
+    try:
+        job = continue_job(args.run, args.epochs)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    print(f"continuing {args.run} for {args.epochs:g} more epoch(s) in {job.output_dir}", file=sys.stderr)
+    return run_job(job)
+
+
 def cmd_eval(args) -> int:
     from app.eval.worker import run_eval
 
@@ -58,6 +72,18 @@ def cmd_data(args) -> int:
     from app.data.validate import main_check
 
     return main_check(args.dataset_dir, args.names, args.stage)
+
+
+def cmd_data_stats(args) -> int:
+    from app.datatools.insight_report import main_stats
+
+    return main_stats(args.dataset_dir, args.name, args.model, args.template, args.cutoff_len, args.json)
+
+
+def cmd_data_generate(args) -> int:
+    from app.datatools.worker import run_generate
+
+    return run_generate(build_config(GenerateConfig, args))
 
 
 def cmd_chat(args) -> int:
@@ -73,9 +99,24 @@ def cmd_export(args) -> int:
     def progress(fraction: float, message: str) -> None:
         print(f"[{fraction * 100:5.1f}%] {message}", file=sys.stderr, flush=True)
 
+    if args.format == "adapter" and not args.push_to_hub:
+        print("export failed: --format adapter only pushes the run's adapter: add --push-to-hub USER/NAME",
+              file=sys.stderr)
+        return 2
+    if args.format != "adapter" and not args.output:
+        print("export failed: --output is required", file=sys.stderr)
+        return 2
+    report: dict = {}
     try:
-        report = export(args.source, fmt=args.format, quant=args.quant, output_dir=args.output,
-                        progress=progress, check=not args.no_check)
+        if args.format != "adapter":
+            report = export(args.source, fmt=args.format, quant=args.quant, output_dir=args.output,
+                            progress=progress, check=not args.no_check)
+        if args.push_to_hub:
+            from app.export.hub import push_to_hub
+
+            pushed = args.source if args.format == "adapter" else args.output
+            report["pushed"] = push_to_hub(pushed, args.push_to_hub, token=args.hub_token, private=args.private,
+                                           progress=progress)
     except ExportError as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 1
@@ -121,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "process. Example: ftstudio eval --adapter_name_or_path runs/identity-lora "
                    "--eval_dataset identity_eval").set_defaults(func=cmd_eval)
 
+    more = sub.add_parser("continue", help="train a finished run for more epochs (a new run beside it)")
+    more.add_argument("run", help="a finished run folder")
+    more.add_argument("--epochs", type=float, default=1.0, help="how many more epochs (default 1)")
+    more.set_defaults(func=cmd_continue)
+
     chat = sub.add_parser("chat", help="chat with a base model or a trained adapter")
     chat.add_argument("--model", help="base model (folder or hub id; empty = embedded default)")
     chat.add_argument("--adapter", help="a run folder or an adapter folder")
@@ -133,10 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser("export", help="merge an adapter and export safetensors or GGUF")
     exp.add_argument("source", help="a run folder, an adapter folder or a model folder")
-    exp.add_argument("--format", choices=["safetensors", "gguf"], default="safetensors")
+    exp.add_argument("--format", choices=["safetensors", "gguf", "adapter"], default="safetensors",
+                     help="adapter: no conversion, push the run's adapter as is (with --push-to-hub)")
     exp.add_argument("--quant", default="f16", help="GGUF type: f16, bf16, q8_0, q4_k_m, q5_k_m, ...")
-    exp.add_argument("--output", required=True, help="output folder")
+    exp.add_argument("--output", help="output folder (required unless --format adapter)")
     exp.add_argument("--no-check", action="store_true", help="skip the GGUF fidelity check")
+    exp.add_argument("--push-to-hub", metavar="USER/NAME", help="then upload it to this Hugging Face model "
+                     "repository with a model card (honours HF_ENDPOINT)")
+    exp.add_argument("--hub-token", help="Hugging Face token (default: HF_TOKEN or the `hf auth login` cache)")
+    exp.add_argument("--private", action="store_true", help="create the repository private")
     exp.set_defaults(func=cmd_export)
 
     api = sub.add_parser("api", help="serve an OpenAI-compatible API")
@@ -152,8 +203,24 @@ def build_parser() -> argparse.ArgumentParser:
     check = data_sub.add_parser("check", help="validate datasets before training")
     check.add_argument("names", nargs="*", help="dataset names (default: all)")
     check.add_argument("--dataset-dir", default=".", help="folder holding dataset_info.json")
-    check.add_argument("--stage", choices=["sft", "dpo", "pt"], help="check fitness for this stage")
+    check.add_argument("--stage", choices=list(STAGES), help="check fitness for this stage")
     check.set_defaults(func=cmd_data)
+    stats = data_sub.add_parser("stats", help="dataset insight under a model's chat template",
+                                description="Rows, token lengths (prompt, response), rows cut at cutoff_len, "
+                                "a suggested cutoff_len, duplicates, empty fields and the language mix.")
+    stats.add_argument("name", help="catalogue dataset name")
+    stats.add_argument("--dataset-dir", default=".", help="folder holding dataset_info.json")
+    stats.add_argument("--model", help="base model whose chat template renders the rows (empty = embedded)")
+    stats.add_argument("--template", help="chat template: a built-in name or a .jinja file (default: the model's)")
+    stats.add_argument("--cutoff_len", "--cutoff-len", dest="cutoff_len", type=int,
+                       default=JobConfig.spec()["cutoff_len"].default, help="count rows longer than this")
+    stats.add_argument("--json", action="store_true", help="print the figures as JSON")
+    stats.set_defaults(func=cmd_data_stats)
+    _schema_parser(data_sub, GenerateConfig, "generate synthetic rows into a catalogue set",
+                   "Generate instruction rows with a local model, a run's adapter or an OpenAI-compatible "
+                   "endpoint, from seed topics or documents, and register them in the catalogue. Example: "
+                   "ftstudio data generate --topics 'photosynthesis; volcanoes' --num_rows 20 "
+                   "--dataset_name science_synth", name="generate").set_defaults(func=cmd_data_generate)
     return parser
 
 

@@ -101,18 +101,13 @@ def test_catalogue_must_be_an_object(ws: Path) -> None:
         ({"file_name": "data/../../x.json"}, "file_name 'data/../../x.json' points outside the catalogue folder ."),
         ({"file_name": "/etc/passwd"}, "file_name '/etc/passwd' points outside the catalogue folder ."),
         (
-            {"hf_hub_url": "llamafactory/alpaca_en"},
-            "hub datasets are not supported offline yet (hf_hub_url: 'llamafactory/alpaca_en'); "
-            "download the files next to the catalogue and set 'file_name'",
-        ),
-        (
             {"ms_hub_url": "deepctrl/deepctrl-sft-data"},
-            "hub datasets are not supported offline yet (ms_hub_url: 'deepctrl/deepctrl-sft-data'); "
+            "only Hugging Face hub datasets (hf_hub_url) are supported (ms_hub_url: 'deepctrl/deepctrl-sft-data'); "
             "download the files next to the catalogue and set 'file_name'",
         ),
         (
             {"script_url": "belle_multiturn", "formatting": "sharegpt"},
-            "hub datasets are not supported offline yet (script_url: 'belle_multiturn'); "
+            "only Hugging Face hub datasets (hf_hub_url) are supported (script_url: 'belle_multiturn'); "
             "download the files next to the catalogue and set 'file_name'",
         ),
         ({"formatting": "alpaca"}, "entry has no 'file_name'"),
@@ -196,12 +191,12 @@ def test_stages(ws: Path) -> None:
     )
     specs = load_catalogue(".")
     assert {name: spec.stages for name, spec in specs.items()} == {
-        "sft": {"sft"},
-        "dpo": {"dpo"},
+        "sft": {"sft", "grpo"},
+        "dpo": {"dpo", "rm"},
         "pt_text": {"pt"},
         "pt_content": {"pt"},
         "pt_txt": {"pt"},
-        "sft_cols": {"sft"},
+        "sft_cols": {"sft", "grpo"},
         "kto": {"kto"},
     }
     assert specs["pt_content"].text_column == "content"
@@ -240,11 +235,14 @@ def lf_dir(tmp_path: Path) -> Path:
 
 def test_llama_factory_catalogue_loads_unchanged(lf_dir: Path) -> None:
     specs = load_catalogue(lf_dir)
-    hub = {"alpaca_en", "glaive_toolcall_en", "openorca", "ultrachat_200k", "deepctrl", "belle_multiturn",
-           "orca_pairs", "wikipedia_en"}  # fmt: skip
-    assert {name for name, spec in specs.items() if spec.problems} == hub
-    for name in hub:
-        assert "hub datasets are not supported offline yet" in specs[name].problems[0].message
+    hub = {"alpaca_en", "glaive_toolcall_en", "openorca", "ultrachat_200k", "orca_pairs", "wikipedia_en"}
+    elsewhere = {"deepctrl", "belle_multiturn"}  # ModelScope / script entries only
+    assert {name for name, spec in specs.items() if spec.problems} == elsewhere
+    for name in elsewhere:
+        assert "only Hugging Face hub datasets (hf_hub_url) are supported" in specs[name].problems[0].message
+    assert {name: specs[name].hub_id for name in hub}["alpaca_en"] == "llamafactory/alpaca_en"
+    assert specs["orca_pairs"].stage == "dpo" and specs["openorca"].stage == "sft"
+    hub |= elsewhere
     assert specs["ultrachat_200k"].split == "train_sft"
     assert {name: specs[name].stage for name in specs if name not in hub} == {
         "identity": "sft",
@@ -300,10 +298,20 @@ def test_llama_factory_unsupported_entries_say_why(lf_dir: Path) -> None:
         f"{where}, field 'mllm_demo': multimodal columns (images) are not supported: text-only training"
     ]
     with pytest.raises(DataError) as e:
-        load_examples(specs["kto_en_demo"], "kto")
+        load_examples(specs["kto_en_demo"], "sft")
     assert problems_of(e) == [
-        f"{where}, field 'kto_en_demo': KTO datasets (kto_tag) are not supported: "
-        "Finetune Studio trains sft, dpo and pt"
+        f"{where}, field 'kto_en_demo': dataset 'kto_en_demo' holds answers tagged good or bad (kto_tag): "
+        "use it for kto, not sft"
+    ]
+
+
+def test_llama_factory_kto_set_loads_for_kto(lf_dir: Path) -> None:
+    rows = load_examples(load_catalogue(lf_dir)["kto_en_demo"], "kto")
+    assert rows[:2] == [
+        {"prompt": [{"role": "user", "content": "Say something nice."}],
+         "completion": [{"role": "assistant", "content": "You are doing great!"}], "label": True},
+        {"prompt": [{"role": "user", "content": "Say something nice."}],
+         "completion": [{"role": "assistant", "content": "No."}], "label": False},
     ]
 
 
@@ -316,6 +324,8 @@ def test_repo_catalogue_demo_sets() -> None:
         "preference_demo": "dpo",
         "preference_sharegpt_demo": "dpo",
         "raw_text_demo": "pt",
+        "kto_demo": "kto",
+        "grpo_math_demo": "sft",  # conversations: sft, and their prompts for grpo
     }
     identity = load_examples(specs["identity"], "sft")
     answers = [m["content"] for e in identity for m in e["messages"] if m["role"] == "assistant"]

@@ -420,12 +420,12 @@ def test_text_column_problems(ws: Path) -> None:
 @pytest.mark.parametrize(
     ("entry", "stage", "message"),
     [
-        (DPO_ALPACA, "sft", "dataset 'd' holds preference pairs (ranking: true): use it for dpo, not sft"),
+        (DPO_ALPACA, "sft", "dataset 'd' holds preference pairs (ranking: true): use it for dpo or rm, not sft"),
         ({}, "dpo", "dataset 'd' has no preference pairs (needs ranking: true with chosen/rejected columns): "
                     "it cannot be used for dpo"),
         ({}, "pt", "dataset 'd' is an sft dataset: it cannot be used for pt"),
         ({"columns": {"prompt": "text"}}, "sft", "dataset 'd' is a plain-text (pt) dataset: it cannot be used for sft"),
-        ({}, "ppo", "unknown stage 'ppo' (expected one of: sft, dpo, pt)"),
+        ({}, "ppo", "unknown stage 'ppo' (expected one of: sft, dpo, pt, kto, rm, grpo)"),
     ],
 )  # fmt: skip
 def test_stage_mismatch_names_the_dataset(ws: Path, entry: dict[str, Any], stage: str, message: str) -> None:

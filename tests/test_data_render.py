@@ -20,7 +20,11 @@ from app.data.render import (
 )
 
 SMOL_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
-END_OF_TURN = {"chatml": "<|im_end|>", "qwen": "<|im_end|>", "llama3": "<|eot_id|>"}
+END_OF_TURN = {"chatml": "<|im_end|>", "qwen": "<|im_end|>", "qwen2_5": "<|im_end|>", "llama3": "<|eot_id|>",
+               "gemma": "<end_of_turn>", "gemma2": "<end_of_turn>", "gemma3": "<end_of_turn>",
+               "phi4": "<|im_end|>"}
+# Templates that put an empty think block before the last answer (it is part of what is trained).
+THINK_PREFIX = {"qwen3": "<think>\n\n</think>\n\n", "qwen3_nothink": ""}  # thinking off: it is in the prompt
 
 MULTI_TURN = [
     {"role": "system", "content": "You are Lumi, made by Polaris Lab."},
@@ -81,10 +85,18 @@ def test_builtin_templates(tok: Any, name: str) -> None:
     assert tok.chat_template == BUILTIN_TEMPLATES[name]
     rows, _ = tokenize_sft([{"messages": MULTI_TURN}], tok, cutoff_len=1024)
     trained = masked(tok, rows[0], 1)
-    if name == "mistral":  # a space before each answer, the model's EOS after it
-        assert trained == "".join(" " + m["content"] + tok.eos_token for m in MULTI_TURN if m["role"] == "assistant")
-    elif name == "alpaca":
+    answers = [m["content"] for m in MULTI_TURN if m["role"] == "assistant"]
+    if name == "default":  # a space before each answer, the model's EOS after it
+        assert trained == "".join(" " + a + tok.eos_token for a in answers)
+    elif name in ("alpaca", "mistral"):
         assert trained == assistant_text(MULTI_TURN, tok.eos_token)
+    elif name in ("deepseek3", "deepseekr1"):  # rewrites history; its end token is no special token of SmolLM2's
+        assert trained == "".join(answers)
+    elif name in ("phi", "phi3"):  # the closing EOS rewrites the end; <|end|> is no special token of SmolLM2's
+        assert all(a in trained for a in answers) and "<|user|>" not in trained
+    elif name in THINK_PREFIX:  # history answers plain, the last one after the (empty) think block
+        last = THINK_PREFIX[name] + answers[-1] + "<|im_end|>"
+        assert trained == "".join(a + "<|im_end|>" for a in answers[:-1]) + last
     else:
         assert trained == assistant_text(MULTI_TURN, END_OF_TURN[name])
     untrained = masked(tok, rows[0], 0)
@@ -113,7 +125,7 @@ def test_template_problems(tok: Any, tmp_path: Path) -> None:
     message = str(e.value)
     assert message.startswith(f"{tok.name_or_path}, field 'template': the tokenizer has no chat template")
     assert "`template: chatml`" in message
-    with pytest.raises(DataError, match="unknown template 'vicuna' \\(built-ins: chatml, qwen, llama3, mistral"):
+    with pytest.raises(DataError, match="unknown template 'vicuna' \\(built-ins: qwen3, qwen3_nothink, qwen, "):
         resolve_template(tok, "vicuna")
     missing = tmp_path / "nope.jinja"
     with pytest.raises(DataError) as e:
@@ -189,3 +201,40 @@ def test_to_dpo_rows_keeps_conversational_rows() -> None:
         "rejected": [{"role": "assistant", "content": "5"}],
     }
     assert to_dpo_rows([example]) == [example]
+
+
+def test_family_names_keep_the_tokenizers_own_template_of_that_family(tok: Any) -> None:
+    own = BUILTIN_TEMPLATES["qwen3"].replace("<|im_start|>system", "<|im_start|>system ")  # a newer own version
+    tok.chat_template = own
+    assert resolve_template(tok, "qwen3") == own  # same family: the tokenizer's own
+    tok.chat_template = own
+    assert resolve_template(tok, "llama3") == BUILTIN_TEMPLATES["llama3"]  # another family: bundled
+    tok.chat_template = own
+    assert resolve_template(tok, "chatml") == BUILTIN_TEMPLATES["chatml"]  # a generic format: always bundled
+
+
+def test_thinking_off_is_written_into_the_template(tok: Any) -> None:
+    resolve_template(tok, "qwen3", enable_thinking=False)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    assert prompt == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    resolve_template(tok, "qwen3", enable_thinking=True)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    assert prompt == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    resolve_template(tok, "llama3", enable_thinking=False)  # no thinking switch: unchanged
+    assert tok.chat_template == BUILTIN_TEMPLATES["llama3"]
+
+
+def test_a_datasets_system_column_reaches_the_prompt(tok: Any, tmp_path: Path) -> None:
+    import json
+
+    from app.data.catalogue import load_catalogue
+    from app.data.formats import load_examples
+
+    (tmp_path / "d.json").write_text(json.dumps([{"instruction": "Hi", "output": "Hello", "sys": "Be brief."}]))
+    (tmp_path / "dataset_info.json").write_text(json.dumps(
+        {"d": {"file_name": "d.json", "columns": {"prompt": "instruction", "response": "output", "system": "sys"}}}))
+    example = load_examples(load_catalogue(tmp_path)["d"], "sft")[0]
+    resolve_template(tok, "llama3")
+    rows, _ = tokenize_sft([example], tok, cutoff_len=1024)
+    assert "<|start_header_id|>system<|end_header_id|>\n\n" in masked(tok, rows[0], 0)
+    assert "Be brief.<|eot_id|>" in masked(tok, rows[0], 0)

@@ -17,6 +17,7 @@ REPO = Path(__file__).parent.parent
 @pytest.fixture
 def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)  # the hub error names the endpoint
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "good.json").write_text(json.dumps([{"instruction": "q", "output": "a"}] * 3))
     (tmp_path / "data" / "bad.json").write_text(json.dumps([{"instruction": "q", "output": 1}]))
@@ -41,7 +42,7 @@ def test_check_datasets_collects_every_problem(ws: Path) -> None:
     assert [str(p) for p in check_datasets(".", ["good", "bad", "pairs"], "sft")] == [
         "data/bad.json, row 1, field 'output': expected a string, got number",
         "dataset_info.json, field 'pairs': dataset 'pairs' holds preference pairs (ranking: true): "
-        "use it for dpo, not sft",
+        "use it for dpo or rm, not sft",
     ]
     assert check_datasets(".", ["good", "pairs"], None) == []  # each dataset's own stage
     assert [str(p) for p in check_datasets("missing", ["good"], "sft")] == [
@@ -64,8 +65,10 @@ def test_load_datasets_concatenates(ws: Path) -> None:
         load_datasets(".", ["bad", "hub"], "sft")
     assert [p.message for p in e.value.problems] == [
         "expected a string, got number",
-        "hub datasets are not supported offline yet (hf_hub_url: 'org/set'); "
-        "download the files next to the catalogue and set 'file_name'",
+        "cannot load hub dataset 'org/set' from https://huggingface.co (HF_HUB_OFFLINE is set: only the local "
+        "cache is read): ConnectionError: Couldn't reach 'org/set' on the Hub (OfflineModeIsEnabled). Connect to "
+        "the network (or set HF_ENDPOINT to a mirror), or download the files next to the catalogue and set "
+        "'file_name'",
     ]
 
 
@@ -81,8 +84,10 @@ def test_main_check_output_and_exit_code(ws: Path) -> None:
         "      data/bad.json, row 1, field 'output': expected a string, got number",
         "ok    pairs  dpo  1 rows",
         "FAIL  hub  sft",
-        "      dataset_info.json, field 'hub': hub datasets are not supported offline yet (hf_hub_url: 'org/set'); "
-        "download the files next to the catalogue and set 'file_name'",
+        "      dataset_info.json, field 'hub': cannot load hub dataset 'org/set' from https://huggingface.co "
+        "(HF_HUB_OFFLINE is set: only the local cache is read): ConnectionError: Couldn't reach 'org/set' on the "
+        "Hub (OfflineModeIsEnabled). Connect to the network (or set HF_ENDPOINT to a mirror), or download the "
+        "files next to the catalogue and set 'file_name'",
     ]
     out = io.StringIO()
     assert main_check(".", ["nope"], "sft", out=out) == 1
@@ -92,4 +97,4 @@ def test_main_check_output_and_exit_code(ws: Path) -> None:
 def test_repo_demo_datasets_all_pass(capsys: pytest.CaptureFixture[str]) -> None:
     assert main_check(str(REPO), []) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 5 and all(line.startswith("ok") for line in lines)
+    assert len(lines) == 7 and all(line.startswith("ok") for line in lines)

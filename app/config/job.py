@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from app.config.schema import Schema, param, to_bool
 
-STAGES = ("sft", "dpo", "pt")
+STAGES = ("sft", "dpo", "pt", "kto", "rm", "grpo")
 FINETUNING_TYPES = ("lora", "freeze", "full")
 SCHEDULERS = (
     "linear",
@@ -27,7 +27,9 @@ SCHEDULERS = (
     "cosine_with_min_lr",
 )
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_8bit", "paged_adamw_8bit")
-PREF_LOSSES = ("sigmoid", "ipo", "hinge")
+PREF_LOSSES = ("sigmoid", "ipo", "hinge", "orpo", "simpo")
+REWARD_BUILTINS = ("exact_match", "format", "length", "reward_model", "judge")
+ROPE_SCALINGS = (None, "linear", "dynamic", "yarn", "llama3")
 DISTRIBUTED_STRATEGIES = ("auto", "none", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3")
 ATTENTION_KERNELS = ("auto", "disabled", "sdpa", "fa2")  # LLaMA-Factory's flash_attn values
 
@@ -38,7 +40,8 @@ GROUPS = {
     "basic": "Training",
     "lora": "LoRA",
     "freeze": "Freeze",
-    "dpo": "Preference (DPO)",
+    "dpo": "Preference (DPO, KTO, ORPO, SimPO)",
+    "grpo": "Reinforcement (GRPO)",
     "distributed": "Multi-GPU",
     "advanced": "Advanced",
 }
@@ -47,12 +50,6 @@ GROUPS = {
 # loading a YAML with one of these is an error that says so, never a silent difference.
 UNSUPPORTED_KEYS = {
     "use_unsloth": "Unsloth is not supported",
-    "rope_scaling": "RoPE scaling is not supported yet",
-    "neftune_noise_alpha": "NEFTune is not supported yet",
-    "use_dora": "DoRA is not supported yet",
-    "use_rslora": "rsLoRA is not supported yet",
-    "pissa_init": "PiSSA is not supported",
-    "loraplus_lr_ratio": "LoRA+ is not supported yet",
     "use_galore": "GaLore is not supported",
     "use_badam": "BAdam is not supported",
     "use_apollo": "APOLLO is not supported",
@@ -65,10 +62,7 @@ UNSUPPORTED_KEYS = {
     "train_on_prompt": "training on prompts is not supported (SFT loss covers assistant turns only)",
     "mask_history": "mask_history is not supported yet",
     "additional_target": "additional_target is not supported yet",
-    "adapter_name_or_path": "starting from an existing adapter is not supported yet",
     "create_new_adapter": "create_new_adapter is not supported yet",
-    "pref_ftx": "the SFT term in DPO (pref_ftx) is not supported yet",
-    "simpo_gamma": "SimPO is not supported",
     "ref_model": "a separate DPO reference model is not supported (LoRA uses the base, full a frozen copy)",
     "eval_dataset": "a separate eval dataset is not supported yet (use val_size)",
     "image_max_pixels": "multimodal training is not supported",
@@ -98,15 +92,18 @@ class JobConfig(Schema):
         None, "Base model: a local folder, a Hugging Face id (honours HF_ENDPOINT), or empty for the "
         "embedded SmolLM2-135M-Instruct.", "model")
     template: str | None = param(
-        None, "Chat template: empty = the tokenizer's own; or chatml, llama3, qwen, mistral, alpaca, "
-        "or a path to a .jinja file.", "model")
+        None, "Chat template: empty = the tokenizer's own; or a LLaMA-Factory template name (qwen3, qwen, llama3, "
+        "gemma, gemma3, phi, phi4, deepseek3, deepseekr1, mistral, chatml, alpaca, default, ...: the tokenizer's own "
+        "when it is of that family, else the bundled one), or a path to a .jinja file.", "model")
     quantization_bit: int | None = param(
         None, "Load the base in 4 or 8 bits with bitsandbytes (QLoRA). LoRA only.", "model", (None, 4, 8))
     quantization_type: str = param("nf4", "4-bit data type for QLoRA.", "model", ("nf4", "fp4"))
     double_quantization: bool = param(True, "Quantize the 4-bit quantization constants too.", "model")
     # method
-    stage: str = param("sft", "sft: supervised chat fine-tuning; dpo: preference optimisation; "
-                       "pt: continued pre-training on raw text.", "method", STAGES)
+    stage: str = param("sft", "sft: supervised chat fine-tuning; dpo: preference pairs (pref_loss: DPO, IPO, "
+                       "hinge, ORPO, SimPO); pt: continued pre-training on raw text; kto: answers marked good or bad "
+                       "(kto_tag); rm: a reward model on preference pairs; grpo: reinforcement learning from reward "
+                       "functions on prompts.", "method", STAGES)
     finetuning_type: str = param("lora", "lora: small adapters; freeze: train the last layers only; "
                                  "full: every weight.", "method", FINETUNING_TYPES)
     # data
@@ -139,6 +136,17 @@ class JobConfig(Schema):
     lora_dropout: float = param(0.0, "Dropout on the LoRA path.", "lora", minimum=0, maximum=1)
     lora_target: str = param("all", "Modules to adapt: all (every linear layer) or names such as "
                              "q_proj,v_proj.", "lora")
+    use_dora: bool = param(False, "DoRA: weight-decomposed LoRA (magnitude + direction); slower steps, often "
+                           "closer to full fine-tuning.", "lora")
+    use_rslora: bool = param(False, "rsLoRA: scale by alpha / sqrt(rank) instead of alpha / rank (stable at "
+                             "high ranks).", "lora")
+    pissa_init: bool = param(False, "PiSSA: start the adapter from the principal singular vectors of each weight "
+                             "(faster convergence); saved converted to a plain LoRA.", "lora")
+    pissa_iter: int = param(16, "PiSSA fast-SVD iterations (-1 = exact SVD).", "lora", minimum=-1)
+    loraplus_lr_ratio: float | None = param(None, "LoRA+: learning-rate ratio of the B matrices to the A "
+                                            "matrices (e.g. 16).", "lora", minimum=0, exclusive_min=True)
+    adapter_name_or_path: str | None = param(
+        None, "Start from an existing LoRA adapter (a folder or a run folder) and keep training it.", "lora")
     # freeze
     freeze_trainable_layers: int = param(2, "Train the last N layers (negative: the first N).", "freeze")
     freeze_trainable_modules: str = param("all", "Modules trained inside those layers: all or names "
@@ -146,8 +154,40 @@ class JobConfig(Schema):
     # DPO
     pref_beta: float = param(0.1, "DPO beta: how far the policy may move from the reference.", "dpo",
                              minimum=0, exclusive_min=True)
-    pref_loss: str = param("sigmoid", "DPO loss: sigmoid (the DPO paper), ipo (squared, less prone to "
-                           "overfitting), hinge (SLiC).", "dpo", PREF_LOSSES)
+    pref_loss: str = param("sigmoid", "Preference loss: sigmoid (the DPO paper), ipo (squared, less prone to "
+                           "overfitting), hinge (SLiC); orpo (odds ratio + SFT, no reference model; pref_beta is its "
+                           "lambda); simpo (length-normalised margin, no reference model).", "dpo", PREF_LOSSES)
+    pref_ftx: float = param(0.0, "Weight of an SFT loss on the chosen answers added to the preference loss "
+                            "(DPO, SimPO; ORPO always has it).", "dpo", minimum=0)
+    simpo_gamma: float = param(0.5, "SimPO target reward margin.", "dpo", minimum=0)
+    kto_chosen_weight: float = param(1.0, "KTO weight of desirable answers (kto_tag true).", "dpo",
+                                     minimum=0, exclusive_min=True)
+    kto_rejected_weight: float = param(1.0, "KTO weight of undesirable answers (kto_tag false).", "dpo",
+                                       minimum=0, exclusive_min=True)
+    # GRPO
+    reward_funcs: str = param(
+        "exact_match", "GRPO rewards, comma separated: exact_match (the answer column, i.e. the dataset's "
+        "response, found in the completion), format (reward_regex matches), length (close to "
+        "reward_target_length characters), reward_model (reward_model), judge (reward_judge_url), or "
+        "path/to/file.py:function (your own).", "grpo")
+    reward_weights: str | None = param(None, "Weights of the rewards, comma separated (empty = all 1).", "grpo")
+    reward_regex: str = param(r"(?s)^<think>.+?</think>\s*\S", "Regular expression a completion must match for "
+                              "the format reward (searched from the start).", "grpo")
+    reward_target_length: int = param(200, "Completion length in characters the length reward prefers.", "grpo",
+                                      minimum=1)
+    reward_model: str | None = param(None, "A finished stage: rm run folder (or a sequence-classification model "
+                                     "folder) that scores completions.", "grpo")
+    reward_judge_url: str | None = param(
+        None, "Base URL of an OpenAI-compatible API (e.g. http://127.0.0.1:8000/v1) whose model grades each "
+        "completion from 0 to 10; the key is read from FTSTUDIO_JUDGE_API_KEY or OPENAI_API_KEY.", "grpo")
+    reward_judge_model: str | None = param(None, "Model name to ask at reward_judge_url.", "grpo")
+    num_generations: int = param(4, "Completions sampled per prompt (the group whose rewards are compared).",
+                                 "grpo", minimum=2)
+    max_completion_length: int = param(128, "Longest sampled completion in tokens.", "grpo", minimum=1)
+    grpo_beta: float = param(0.04, "KL penalty towards the starting model (0 = none, no KL curve).", "grpo",
+                             minimum=0)
+    generation_temperature: float = param(1.0, "Sampling temperature of the completions.", "grpo",
+                                          minimum=0, exclusive_min=True)
     # distributed
     distributed_strategy: str = param(
         "auto", "How several processes share the work. auto: ddp when more than one GPU is visible (or "
@@ -172,6 +212,14 @@ class JobConfig(Schema):
     main_process_port: int = param(29500, "Port on machine 0 for the rendezvous (multi-node).", "distributed",
                                    minimum=1, maximum=65535)
     # advanced
+    neftune_noise_alpha: float | None = param(None, "NEFTune: noise added to the input embeddings while "
+                                              "training (e.g. 5); SFT.", "advanced", minimum=0,
+                                              exclusive_min=True)
+    rope_scaling: str | None = param(
+        None, "Stretch RoPE to train past the model's context: the factor is cutoff_len / the model's "
+        "max_position_embeddings, rounded up.", "advanced", ROPE_SCALINGS)
+    enable_thinking: bool = param(True, "Templates with a thinking switch (qwen3): render training and "
+                                  "prompts with thinking on; off adds the empty think block.", "advanced")
     optim: str = param("adamw_torch", "Optimizer.", "advanced", OPTIMIZERS)
     weight_decay: float = param(0.0, "AdamW weight decay.", "advanced", minimum=0)
     warmup_steps: int = param(0, "Warm-up steps (overrides warmup_ratio when > 0).", "advanced", minimum=0)
@@ -228,7 +276,42 @@ class JobConfig(Schema):
             problems.append("dataset: name at least one catalogue dataset")
         if self.val_size >= 1 and not float(self.val_size).is_integer():
             problems.append(f"val_size: a count must be whole, got {self.val_size:g}")
+        return problems + self.method_problems()
+
+    def method_problems(self) -> list[str]:
+        """LoRA variants need LoRA; GRPO rewards must be known and have what they read."""
+        problems = []
+        if self.finetuning_type != "lora":
+            for key in ("use_dora", "use_rslora", "pissa_init", "loraplus_lr_ratio", "adapter_name_or_path"):
+                if getattr(self, key):
+                    problems.append(f"{key}: a LoRA option; finetuning_type is {self.finetuning_type}")
+        if self.use_dora and self.pissa_init:
+            problems.append("pissa_init: cannot be combined with use_dora")
+        if self.stage == "grpo":
+            funcs = self.reward_names
+            for name in funcs:
+                if name not in REWARD_BUILTINS and ".py" not in name:
+                    problems.append(f"reward_funcs: unknown reward {name!r} (built-ins: {', '.join(REWARD_BUILTINS)}; "
+                                    f"or path/to/file.py:function)")
+            if not funcs:
+                problems.append("reward_funcs: name at least one reward")
+            if "reward_model" in funcs and not self.reward_model:
+                problems.append("reward_model: the reward_model reward needs a reward model (an rm run folder)")
+            if "judge" in funcs and not (self.reward_judge_url and self.reward_judge_model):
+                problems.append("reward_judge_url: the judge reward needs reward_judge_url and reward_judge_model")
+            if self.reward_weights is not None:
+                try:
+                    weights = [float(w) for w in self.reward_weights.split(",") if w.strip()]
+                except ValueError:
+                    weights = []
+                if len(weights) != len(funcs):
+                    problems.append(f"reward_weights: give one number per reward ({len(funcs)}), got "
+                                    f"{self.reward_weights!r}")
         return problems
+
+    @property
+    def reward_names(self) -> list[str]:
+        return [r.strip() for r in self.reward_funcs.split(",") if r.strip()]
 
     # ----------------------------------------------------------------------------------------
     @property

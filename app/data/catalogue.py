@@ -5,6 +5,8 @@ An entry names a local file (or a folder of files) relative to the catalogue's f
 `tags` that map the file's own names onto LLaMA-Factory's. A catalogue written for LLaMA-Factory loads
 as is: entries this studio cannot use (hub datasets, unknown formatting, paths leaving the folder) are
 kept with their problems attached, so a UI can list them and a job that asks for one fails clearly.
+Entries with `hf_hub_url` (and no `file_name`) are read through `datasets` when a job loads them
+(app.data.hub; honours HF_ENDPOINT), never while listing the catalogue.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ KNOWN_COLUMNS = (
     "images", "videos", "audios", "chosen", "rejected", "kto_tag", "text",
 )  # fmt: skip
 MEDIA_COLUMNS = ("images", "videos", "audios")
+# A set's own stage -> every stage it can feed.
+STAGES_OF: dict[str, tuple[str, ...]] = {"kto": ("kto",), "dpo": ("dpo", "rm"), "pt": ("pt",), "sft": ("sft", "grpo")}
 DEFAULT_COLUMNS: dict[str, dict[str, str]] = {
     "alpaca": {"prompt": "instruction", "query": "input", "response": "output"},
     "sharegpt": {"messages": "conversations"},
@@ -60,6 +64,8 @@ class DatasetSpec:
     split: str = "train"
     num_samples: int | None = None
     path: Path | None = None  # absolute; None for entries without a usable local file
+    hub_id: str | None = None  # `hf_hub_url`: a Hugging Face dataset id read through `datasets`
+    subset: str | None = None  # `subset`: the hub dataset's configuration name
     dataset_dir: Path = Path(".")  # the catalogue's folder, as given
     raw: dict[str, Any] = field(default_factory=dict)  # the entry exactly as written
     problems: list[Problem] = field(default_factory=list)  # why this entry cannot be used, if it cannot
@@ -70,7 +76,9 @@ class DatasetSpec:
 
     @property
     def display(self) -> str:
-        """The data file's path for messages: the catalogue folder joined with `file_name`."""
+        """The data file's path for messages: the catalogue folder joined with `file_name` (or the hub id)."""
+        if self.hub_id and not self.file_name:
+            return f"hub dataset {self.hub_id}"
         return display_path(self.dataset_dir / (self.file_name or ""))
 
     @property
@@ -90,18 +98,21 @@ class DatasetSpec:
 
     @property
     def stages(self) -> set[str]:
-        """The training stages this set feeds: preference pairs -> dpo, plain text -> pt, else sft."""
-        if self.columns.get("kto_tag"):
-            return {"kto"}
-        if self.ranking:
-            return {"dpo"}
-        if self.is_text:
-            return {"pt"}
-        return {"sft"}
+        """The training stages this set feeds: answers tagged good/bad -> kto; preference pairs -> dpo and
+        rm (a reward model); plain text -> pt; conversations -> sft, and grpo (their prompts, with the
+        last answer as the reference an exact-match reward compares against)."""
+        return set(STAGES_OF[self.stage])
 
     @property
     def stage(self) -> str:
-        return next(iter(self.stages))
+        """The stage a set is listed and checked under by default."""
+        if self.columns.get("kto_tag"):
+            return "kto"
+        if self.ranking:
+            return "dpo"
+        if self.is_text:
+            return "pt"
+        return "sft"
 
 
 def _all_txt(path: Path | None, file_name: str) -> bool:
@@ -206,9 +217,13 @@ def parse_entry(name: str, entry: Any, dataset_dir: Path) -> DatasetSpec:
     file_name = entry.get("file_name")
     if file_name is None:
         hub = [k for k in HUB_KEYS if entry.get(k)]
-        if hub:
+        if isinstance(entry.get("hf_hub_url"), str) and entry["hf_hub_url"].strip():
+            spec.hub_id = entry["hf_hub_url"].strip()
+            subset = entry.get("subset")
+            spec.subset = subset if isinstance(subset, str) and subset else None
+        elif hub:
             bad(
-                f"hub datasets are not supported offline yet ({hub[0]}: {entry[hub[0]]!r}); "
+                f"only Hugging Face hub datasets (hf_hub_url) are supported ({hub[0]}: {entry[hub[0]]!r}); "
                 "download the files next to the catalogue and set 'file_name'"
             )
         else:

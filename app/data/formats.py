@@ -1,8 +1,11 @@
 """Normalising catalogue rows into training examples, checking every row on the way.
 
-Three shapes come out, whatever the file's formatting:
+These shapes come out, whatever the file's formatting:
   sft  {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]} (+ "tools")
   dpo  {"prompt": [... ending with a user turn], "chosen": [assistant msg], "rejected": [assistant msg]}
+       (rm: the same rows train a reward model)
+  kto  {"prompt": [... ending with a user turn], "completion": [assistant msg], "label": bool}  (kto_tag)
+  grpo {"prompt": [... ending with a user turn], "answer": str}  (the last assistant turn, "" if none)
   pt   {"text": str}
 The conversions follow LLaMA-Factory's converters: alpaca joins prompt and query with a newline and turns
 history pairs into earlier turns; sharegpt/openai map role tags onto roles, take a leading system turn or
@@ -22,7 +25,8 @@ from app.data.catalogue import MEDIA_COLUMNS, DatasetSpec, list_data_files
 from app.data.errors import DataError, Problem, cap_problems, display_path
 from app.data.files import BROKEN, read_rows, type_name
 
-STAGES = ("sft", "dpo", "pt")
+STAGES = ("sft", "dpo", "pt", "kto", "rm", "grpo")
+PAIR_STAGES = ("dpo", "rm")  # rows of prompt / chosen / rejected
 Example = dict[str, Any]
 
 
@@ -51,24 +55,28 @@ def stage_problems(spec: DatasetSpec, stage: str) -> list[Problem]:
     def bad(message: str) -> list[Problem]:
         return [Problem(spec.catalogue_file, None, spec.name, message)]
 
-    if "kto" in spec.stages:
-        return bad("KTO datasets (kto_tag) are not supported: Finetune Studio trains sft, dpo and pt")
     if stage not in STAGES:
         return bad(f"unknown stage {stage!r} (expected one of: {', '.join(STAGES)})")
     media = [c for c in MEDIA_COLUMNS if spec.columns.get(c)]
     if media:
         return bad(f"multimodal columns ({', '.join(media)}) are not supported: text-only training")
     if stage not in spec.stages:
+        if spec.stage == "kto":
+            return bad(f"dataset {spec.name!r} holds answers tagged good or bad (kto_tag): use it for kto, not {stage}")
         if spec.ranking:
-            return bad(f"dataset {spec.name!r} holds preference pairs (ranking: true): use it for dpo, not {stage}")
-        if stage == "dpo":
+            return bad(f"dataset {spec.name!r} holds preference pairs (ranking: true): use it for dpo or rm, "
+                       f"not {stage}")
+        if stage == "kto":
+            return bad(f"dataset {spec.name!r} has no kto_tag column (answers tagged true/false): it cannot be "
+                       "used for kto")
+        if stage in PAIR_STAGES:
             return bad(
                 f"dataset {spec.name!r} has no preference pairs (needs ranking: true with chosen/rejected "
-                "columns): it cannot be used for dpo"
+                f"columns): it cannot be used for {stage}"
             )
         kind = "a plain-text (pt)" if spec.is_text else f"an {spec.stage}"
         return bad(f"dataset {spec.name!r} is {kind} dataset: it cannot be used for {stage}")
-    if stage == "dpo" and not (spec.columns.get("chosen") and spec.columns.get("rejected")):
+    if stage in PAIR_STAGES and not (spec.columns.get("chosen") and spec.columns.get("rejected")):
         return bad("a ranking dataset needs 'chosen' and 'rejected' in its columns")
     return []
 
@@ -77,7 +85,12 @@ def required_columns(spec: DatasetSpec, stage: str) -> list[str]:
     if stage == "pt":
         return [spec.text_column]
     first = ["prompt"] if spec.formatting == "alpaca" else ["messages"]
-    rest = ["chosen", "rejected"] if stage == "dpo" else (["response"] if spec.formatting == "alpaca" else [])
+    if stage in PAIR_STAGES:
+        rest = ["chosen", "rejected"]
+    elif stage == "grpo":  # prompts; the answer column is optional
+        rest = []
+    else:
+        rest = (["response"] if spec.formatting == "alpaca" else []) + (["kto_tag"] if stage == "kto" else [])
     return [spec.columns[k] for k in first + rest if spec.columns.get(k)]
 
 
@@ -94,12 +107,17 @@ def load_examples(spec: DatasetSpec, stage: str, max_samples: int | None = None)
     problems = list(spec.problems) or stage_problems(spec, stage)
     if problems:
         raise DataError(problems)
-    files = data_files(spec)
+    if spec.hub_id and spec.path is None:
+        from app.data.hub import hub_rows
+
+        files = [(None, spec.display)]
+    else:
+        files = data_files(spec)
     if not files:
         raise DataError([Problem(spec.display, None, None, "folder holds no .json/.jsonl/.csv/.parquet/.txt")])
     examples: list[Example] = []
     for path, display in files:
-        result = read_rows(path, display)
+        result = read_rows(path, display) if path is not None else _Rows(hub_rows(spec), [])
         problems += result.problems
         dict_rows = [r for r in result.rows if isinstance(r, dict)]
         seen = set().union(*(r.keys() for r in dict_rows)) if dict_rows else set()
@@ -126,6 +144,13 @@ def load_examples(spec: DatasetSpec, stage: str, max_samples: int | None = None)
     return _sample(examples, spec.num_samples, max_samples)
 
 
+class _Rows:
+    """Rows that did not come from a file (a hub dataset), shaped like files.read_rows' result."""
+
+    def __init__(self, rows: list[Any], problems: list[Problem]) -> None:
+        self.rows, self.problems = rows, problems
+
+
 def _sample(examples: list[Example], num_samples: int | None, max_samples: int | None) -> list[Example]:
     """LLaMA-Factory's `num_samples` (sub- or over-sample, here seeded and in file order), then `max_samples`."""
     if num_samples is not None and num_samples != len(examples):
@@ -144,10 +169,35 @@ def convert_row(spec: DatasetSpec, stage: str, raw: dict[str, Any], row: _Row) -
     if stage == "pt":
         example = _text_row(spec, raw, row)
     elif spec.formatting == "alpaca":
-        example = _alpaca_row(spec, stage, raw, row)
+        example = _alpaca_row(spec, "dpo" if stage in PAIR_STAGES else "sft", raw, row, need_answer=stage != "grpo")
     else:
-        example = _sharegpt_row(spec, stage, raw, row)
+        example = _sharegpt_row(spec, "dpo" if stage in PAIR_STAGES else "sft", raw, row, need_answer=stage != "grpo")
+    if example is not None and stage == "kto":
+        example = _kto_row(spec, example, raw, row)
+    elif example is not None and stage == "grpo":
+        example = _prompt_row(example)
     return example if len(row.problems) == before else None
+
+
+def _kto_row(spec: DatasetSpec, example: Example, raw: dict[str, Any], row: _Row) -> Example | None:
+    """A conversation + its kto_tag -> the prompt, the last answer and whether it is desirable."""
+    column = spec.columns["kto_tag"]
+    tag = raw.get(column)
+    if isinstance(tag, str) and tag.strip().lower() in ("true", "false"):
+        tag = tag.strip().lower() == "true"
+    if not isinstance(tag, bool):
+        row.bad(column, f"expected true or false, got {tag!r}")
+        return None
+    messages = example["messages"]
+    return {"prompt": messages[:-1], "completion": messages[-1:], "label": tag}
+
+
+def _prompt_row(example: Example) -> Example:
+    """A conversation -> its prompt (every turn before the last answer) and that answer as the reference."""
+    messages = example["messages"]
+    if messages and messages[-1]["role"] == "assistant":
+        return {"prompt": messages[:-1], "answer": messages[-1]["content"]}
+    return {"prompt": messages, "answer": ""}
 
 
 def _column(raw: dict[str, Any], column: str, row: _Row) -> Any:
@@ -173,7 +223,8 @@ def _system(spec: DatasetSpec, raw: dict[str, Any], row: _Row) -> list[dict[str,
     return [{"role": "system", "content": system}] if system else []
 
 
-def _alpaca_row(spec: DatasetSpec, stage: str, raw: dict[str, Any], row: _Row) -> Example | None:
+def _alpaca_row(spec: DatasetSpec, stage: str, raw: dict[str, Any], row: _Row,
+                need_answer: bool = True) -> Example | None:
     cols = spec.columns
     messages = _system(spec, raw, row)
     if cols.get("history") and raw.get(cols["history"]) is not None:
@@ -204,6 +255,8 @@ def _alpaca_row(spec: DatasetSpec, stage: str, raw: dict[str, Any], row: _Row) -
         chosen = _answer(raw, cols["chosen"], row)
         rejected = _answer(raw, cols["rejected"], row)
         return {"prompt": messages, "chosen": chosen, "rejected": rejected}
+    if not need_answer and (not cols.get("response") or raw.get(cols["response"]) in (None, "")):
+        return {"messages": messages}  # a prompt-only row (grpo)
     return {"messages": messages + _answer(raw, cols["response"], row)}
 
 
@@ -217,7 +270,8 @@ def _answer(raw: dict[str, Any], column: str, row: _Row) -> list[dict[str, str]]
     return [{"role": "assistant", "content": text or ""}]
 
 
-def _sharegpt_row(spec: DatasetSpec, stage: str, raw: dict[str, Any], row: _Row) -> Example | None:
+def _sharegpt_row(spec: DatasetSpec, stage: str, raw: dict[str, Any], row: _Row,
+                  need_answer: bool = True) -> Example | None:
     tags, column = spec.tags, spec.columns["messages"]
     role_tag, content_tag = tags["role_tag"], tags["content_tag"]
     roles = {
@@ -282,6 +336,8 @@ def _sharegpt_row(spec: DatasetSpec, stage: str, raw: dict[str, Any], row: _Row)
 
     last, n_turns = len(turns) - 1, len(turns) - offset
     if stage == "sft":
+        if n_turns % 2 and not need_answer:
+            return {"messages": messages}  # a conversation that ends with the user: a prompt (grpo)
         if n_turns % 2:
             row.bad(
                 f"{column}[{last}].{role_tag}",

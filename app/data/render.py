@@ -16,59 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from app.data.errors import DataError, Problem, cap_problems
+from app.data.templates import choose_template, with_thinking
+from app.data.templates import names as template_names
 
 Messages = list[dict[str, Any]]
 
-_CHATML = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-_QWEN = (
-    "{% if messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
-    "{% endif %}" + _CHATML
-)
-_LLAMA3 = (
-    "{{ '<|begin_of_text|>' }}"
-    "{% for message in messages %}"
-    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] + '<|eot_id|>' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
-)
-_MISTRAL = (
-    "{% if messages[0]['role'] == 'system' %}"
-    "{% set system = messages[0]['content'] %}{% set loop_messages = messages[1:] %}"
-    "{% else %}{% set system = '' %}{% set loop_messages = messages %}{% endif %}"
-    "{% if bos_token %}{{ bos_token }}{% endif %}"
-    "{% for message in loop_messages %}"
-    "{% if message['role'] == 'user' %}"
-    "{% if loop.first and system %}{{ '[INST] ' + system + '\\n\\n' + message['content'] + ' [/INST]' }}"
-    "{% else %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% endif %}"
-    "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + (eos_token or '') }}"
-    "{% endif %}{% endfor %}"
-)
-_ALPACA = (
-    "{% if messages[0]['role'] == 'system' %}"
-    "{% set system = messages[0]['content'] %}{% set loop_messages = messages[1:] %}"
-    "{% else %}{% set system = 'Below is an instruction that describes a task. "
-    "Write a response that appropriately completes the request.' %}"
-    "{% set loop_messages = messages %}{% endif %}"
-    "{{ system + '\\n\\n' }}"
-    "{% for message in loop_messages %}"
-    "{% if message['role'] == 'user' %}"
-    "{{ '### Instruction:\\n' + message['content'] + '\\n\\n### Response:\\n' }}"
-    "{% elif message['role'] == 'assistant' %}{{ message['content'] + (eos_token or '') + '\\n\\n' }}"
-    "{% endif %}{% endfor %}"
-)
-BUILTIN_TEMPLATES: dict[str, str] = {
-    "chatml": _CHATML,
-    "qwen": _QWEN,
-    "llama3": _LLAMA3,
-    "mistral": _MISTRAL,
-    "alpaca": _ALPACA,
-}
+# The generic and family templates by LLaMA-Factory name (texts in app/data/templates/).
+BUILTIN_TEMPLATES: dict[str, str] = {name: choose_template(None, name) for name in template_names()}
 
 
 @dataclass
@@ -83,27 +37,29 @@ def _model_name(tokenizer: Any) -> str:
     return str(getattr(tokenizer, "name_or_path", "") or "this model")
 
 
-def resolve_template(tokenizer: Any, template: str | None) -> str:
-    """Set and return the chat template: the tokenizer's own (None), a built-in name, or a .jinja file."""
+def resolve_template(tokenizer: Any, template: str | None, enable_thinking: bool = True) -> str:
+    """Set and return the chat template: the tokenizer's own (None); a LLaMA-Factory name (the tokenizer's
+    own when it is of that family, else the bundled one: app.data.templates); or a .jinja file.
+    `enable_thinking=False` writes thinking off into templates that have the switch (qwen3)."""
     where = _model_name(tokenizer)
     names = ", ".join(BUILTIN_TEMPLATES)
+    own = tokenizer.chat_template
+    if isinstance(own, dict):  # named templates: the default one renders conversations
+        own = own.get("default")
     if template is None:
-        own = tokenizer.chat_template
-        if isinstance(own, dict):  # named templates: the default one renders conversations
-            own = own.get("default")
         if not own:
             msg = f"the tokenizer has no chat template: set `template: chatml` (built-ins: {names}) or a .jinja file"
             raise DataError([Problem(where, None, "template", msg)])
-        tokenizer.chat_template = own
-        return own
+        tokenizer.chat_template = with_thinking(own, enable_thinking)
+        return tokenizer.chat_template
     if template in BUILTIN_TEMPLATES:
-        tokenizer.chat_template = BUILTIN_TEMPLATES[template]
+        tokenizer.chat_template = choose_template(own, template, enable_thinking)
         return tokenizer.chat_template
     path = Path(os.path.expanduser(template))
     if path.suffix == ".jinja" or path.is_file():
         if not path.is_file():
             raise DataError([Problem(template, None, "template", "template file not found")])
-        tokenizer.chat_template = path.read_text(encoding="utf-8")
+        tokenizer.chat_template = with_thinking(path.read_text(encoding="utf-8"), enable_thinking)
         return tokenizer.chat_template
     msg = f"unknown template {template!r} (built-ins: {names}; or a path to a .jinja file)"
     raise DataError([Problem(where, None, "template", msg)])

@@ -70,6 +70,11 @@ def _config(model_dir: Path) -> Any:
     return AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
 
 
+def in_house(config: Any) -> bool:
+    """Whether this writer knows the architecture (else app.export.llamacpp_convert runs llama.cpp's)."""
+    return any(arch in ARCHITECTURES for arch in getattr(config, "architectures", None) or [])
+
+
 def gguf_architecture(config: Any) -> tuple[str, bool]:
     archs = list(getattr(config, "architectures", None) or [])
     for arch in archs:

@@ -18,7 +18,8 @@ from typing import Any
 from app.export import llamacpp
 from app.export.errors import ExportError, Progress, report, scaled
 from app.export.fidelity import check_fidelity
-from app.export.gguf_writer import QUANTS, gguf_architecture, gguf_metadata, write_gguf
+from app.export.gguf_writer import QUANTS, gguf_metadata
+from app.export.llamacpp_convert import write_any_gguf
 from app.export.merge import adapter_base, copy_full_model, is_adapter, merge_adapter
 from app.export.modelfile import write_modelfile
 
@@ -70,10 +71,9 @@ def _check_request(model_src: Path, fmt: str, quant: str, base_dir: str | Path |
         raise ExportError(f"unknown GGUF quant type {quant!r}; choose one of {', '.join(QUANTS)}")
     if quant in llamacpp.K_QUANTS:
         llamacpp.require(f"K-quant GGUF export ({quant})")
-    from transformers import AutoConfig
-
     config_dir = adapter_base(model_src, base_dir) if is_adapter(model_src) else model_src
-    gguf_architecture(AutoConfig.from_pretrained(str(config_dir), local_files_only=True))
+    if not (config_dir / "config.json").is_file():
+        raise ExportError(f"{config_dir} has no config.json: not a Hugging Face model folder")
 
 
 def _files(output_dir: Path) -> list[dict[str, Any]]:
@@ -181,7 +181,8 @@ def _run(
         return
 
     t = time.time()
-    gguf_path = write_gguf(merged, out / f"{name}-{quant}.gguf", quant, scaled(progress, merge_end, 0.65), name=name)
+    gguf_path = write_any_gguf(merged, out / f"{name}-{quant}.gguf", quant, scaled(progress, merge_end, 0.65),
+                               name=name)
     timings["gguf"] = round(time.time() - t, 2)
     meta = gguf_metadata(gguf_path)
     arch = meta.get("general.architecture")

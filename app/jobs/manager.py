@@ -88,7 +88,7 @@ class JobManager:
             log.flush()
             env = os.environ | {"PYTHONUNBUFFERED": "1"}
             proc = subprocess.Popen(
-                [self.python, "-m", "app.cli", run.kind, str(run.job_file)],
+                [self.python, "-m", "app.cli", *run.kind.split(), str(run.job_file)],  # kind: "data generate"
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: Stop signals the whole group
                 cwd=os.getcwd(), env=env,

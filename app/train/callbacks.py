@@ -16,6 +16,11 @@ Event schema (events.jsonl; every line also has "t" and "kind"; new keys may app
                             chosen / rejected answer), rewards_margins (chosen - rejected),
                             rewards_accuracies (share of pairs with chosen > rejected), logps_chosen,
                             logps_rejected (entropy, token accuracy and mean logits are not computed)
+                  ORPO:     + log_odds_ratio, log_odds_chosen, nll_loss; SimPO: + nll_loss
+                  KTO:      kl, rewards_chosen / rewards_rejected / rewards_margins (when both kinds are in a batch)
+                  rm:       accuracy (pairs ranked right), margin, min_reward, mean_reward, max_reward
+                  GRPO:     reward, reward_std, rewards_<function>_mean / _std, kl, completions_mean_length
+                            (and min / max / clipped_ratio), entropy, clip_ratio_*
     eval        step, eval_loss (+ every other eval_* number, "/" turned into "_": eval_rewards_margins,
                 eval_rewards_accuracies, eval_logps_chosen, ... for DPO). With val_size, a first eval runs
                 at step 0: the baseline of the eval curve.

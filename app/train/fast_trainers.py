@@ -77,7 +77,8 @@ class FastDPOMixin:
         compact_selection()  # before TRL's __init__, which may precompute the reference log-probs
         super().__init__(*args, **kwargs)
         base = _base_model(self.model)
-        install_compact_dpo_head(base, ref=self.ref_model)
+        extra = ("log_sum_sq_probs",) if getattr(self, "use_weighting", False) else ()  # WPO's weights
+        install_compact_dpo_head(base, ref=self.ref_model, outputs=("log_probs", *extra))
 
     def log(self, logs: dict, *args, **kwargs):
         for metrics in self._metrics.values():  # DPOTrainer.log merges these into the logs
@@ -86,7 +87,8 @@ class FastDPOMixin:
         return super().log(logs, *args, **kwargs)
 
 
-def install_compact_dpo_head(base: torch.nn.Module, ref: torch.nn.Module | None = None) -> None:
+def install_compact_dpo_head(base: torch.nn.Module, ref: torch.nn.Module | None = None,
+                             outputs: tuple[str, ...] = ("log_probs",)) -> None:
     """TRL's fused head, log-probabilities only, scoring label positions only on every device.
 
     TRL compacts to the label positions only where Triton runs (elsewhere it avoids shape-dependent
@@ -98,7 +100,7 @@ def install_compact_dpo_head(base: torch.nn.Module, ref: torch.nn.Module | None 
     for model in (base, ref):
         if model is None:
             continue
-        trl_utils.add_fused_lm_head(model, outputs=("log_probs",))
+        trl_utils.add_fused_lm_head(model, outputs=outputs if model is base else ("log_probs",))
         _zero_extras(model)
 
 

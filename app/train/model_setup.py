@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from app.config import JobConfig
+from app.train.variants import lora_variant_arguments, peft_model, rope_arguments
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +24,11 @@ def compute_dtype(job: JobConfig) -> torch.dtype:
     return torch.float32
 
 
-def load_tokenizer(model_dir: Path, template: str | None):
+def load_tokenizer(model_dir: Path, template: str | None, enable_thinking: bool = True):
     from app.data.render import resolve_template
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    resolve_template(tokenizer, template)
+    resolve_template(tokenizer, template, enable_thinking)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -82,7 +83,12 @@ def load_model(job: JobConfig, model_dir: Path, warn: Callable[[str], None] | No
         # bitsandbytes places the weights at load time: on this rank's GPU (LOCAL_RANK under a launcher)
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         kwargs["device_map"] = {"": local_rank} if torch.cuda.is_available() else {"": "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    if job.stage == "rm":  # a reward model: the base with a one-output score head (app.train.reward)
+        from transformers import AutoModelForSequenceClassification
+
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs | rope_arguments(job, model_dir))
     model.config.use_cache = False  # training: no KV cache (also keeps flattened batches isolated)
     from app.train.kernels import apply_liger
 
@@ -101,7 +107,7 @@ def apply_method(job: JobConfig, model: PreTrainedModel) -> PreTrainedModel:
     if job.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if job.finetuning_type == "lora":
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        from peft import LoraConfig, prepare_model_for_kbit_training
 
         if job.quantization_bit is not None:
             model = prepare_model_for_kbit_training(
@@ -115,9 +121,10 @@ def apply_method(job: JobConfig, model: PreTrainedModel) -> PreTrainedModel:
             lora_alpha=job.lora_alpha_value,
             lora_dropout=job.lora_dropout,
             target_modules=lora_targets(job, model),
-            task_type="CAUSAL_LM",
+            task_type="SEQ_CLS" if job.stage == "rm" else "CAUSAL_LM",
+            **lora_variant_arguments(job),
         )
-        model = get_peft_model(model, config)
+        model = peft_model(job, model, config)
         for param in model.parameters():  # trainable LoRA weights in fp32 even over a bf16 base
             if param.requires_grad:
                 param.data = param.data.float()

@@ -16,8 +16,15 @@ from datasets import Dataset
 
 from app.config import JobConfig
 from app.train.checkpoints import AtomicCheckpointMixin
+from app.train.grpo import build_grpo_trainer
+from app.train.preference import build_kto_trainer, build_preference_trainer, dpo_loss_arguments
+from app.train.reward import build_reward_trainer
 
 log = logging.getLogger(__name__)
+
+
+# Stages whose rows go to the trainer as they are (what the "tokenizing" stage event calls them).
+ROW_STAGES = {"dpo": "preference rows", "rm": "preference rows", "kto": "tagged answers", "grpo": "prompts"}
 
 
 @dataclass
@@ -47,10 +54,10 @@ def prepare_data(job: JobConfig, tokenizer, use_cache: bool = True) -> Prepared:
     from app.data.render import tokenize_pt, tokenize_sft
     from app.train.data_cache import Cached, TokenCache, examples_for, fingerprint
 
-    if job.stage == "dpo":  # TRL renders and tokenizes preference rows itself
+    if job.stage in ROW_STAGES:  # conversational rows; the TRL trainer applies the chat template
         examples = examples_for(job)
         train, evaluation = split_eval(examples, job)
-        return Prepared(train, evaluation, len(examples), f"{len(examples):,} preference rows")
+        return Prepared(train, evaluation, len(examples), f"{len(examples):,} {ROW_STAGES[job.stage]}")
     cache = TokenCache() if use_cache else None
     key = fingerprint(job, tokenizer) if cache else ""
     hit = cache.load(key) if cache else None
@@ -127,6 +134,7 @@ def trainer_arguments(job: JobConfig, output_dir: Path, has_eval: bool) -> dict:
         disable_tqdm=True,
         dataloader_num_workers=0,
         torch_compile=job.torch_compile,
+        neftune_noise_alpha=job.neftune_noise_alpha if job.stage in ("sft", "pt") else None,
     )
 
 
@@ -190,11 +198,11 @@ def build_dpo_trainer(job: JobConfig, model, tokenizer, data: Prepared, output_d
 
     args = _config(DPOConfig, trainer_arguments(job, output_dir, data.eval is not None) | dict(
         beta=job.pref_beta,
-        loss_type=job.pref_loss,
         max_length=job.cutoff_len,
         # The reference (the frozen base) scores each pair once, before training, when training sees the
         # pairs more than once: later passes then skip the reference forward pass.
         precompute_ref_log_probs=job.finetuning_type == "lora" and data_passes(job, len(data.train)) > 1.0,
+        **dpo_loss_arguments(job),
     ))
     trainer = StudioDPOTrainer(model=model, ref_model=None, args=args, train_dataset=data.train,
                                eval_dataset=data.eval, processing_class=tokenizer, callbacks=callbacks)
@@ -204,4 +212,7 @@ def build_dpo_trainer(job: JobConfig, model, tokenizer, data: Prepared, output_d
     return trainer
 
 
-BUILDERS = {"sft": build_sft_trainer, "pt": build_sft_trainer, "dpo": build_dpo_trainer}
+BUILDERS = {"sft": build_sft_trainer, "pt": build_sft_trainer, "dpo": build_preference_trainer}
+BUILDERS["kto"] = build_kto_trainer
+BUILDERS["rm"] = build_reward_trainer
+BUILDERS["grpo"] = build_grpo_trainer

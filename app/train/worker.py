@@ -151,12 +151,13 @@ def _train(job: JobConfig, run: RunFolder, events, ctx: RunContext) -> str:
     from app.train.memory_plan import plan_memory
     from app.train.model_setup import apply_method, count_parameters, load_model, load_tokenizer
     from app.train.recipes import BUILDERS, prepare_data
+    from app.train.variants import apply_to_trainer
 
     job = resolve_precision(job)  # bf16 by default on GPUs that have it
     events.append("stage", name="loading_model", message=f"loading model {job.model_name_or_path or 'embedded'}")
     model_dir = resolve_model_path(job.model_name_or_path,
                                    lambda msg: events.append("stage", name="loading_model", message=msg))
-    tokenizer = load_tokenizer(model_dir, job.template)
+    tokenizer = load_tokenizer(model_dir, job.template, job.enable_thinking)
 
     events.append("stage", name="tokenizing", message="reading and tokenizing datasets")
     data = prepare_data(job, tokenizer)
@@ -188,6 +189,7 @@ def _train(job: JobConfig, run: RunFolder, events, ctx: RunContext) -> str:
 
     callback = EventCallback(events, ctx.stop, is_writer=distributed.is_main_process())
     trainer = BUILDERS[job.stage](job, model, tokenizer, data, run.checkpoints, [callback])
+    apply_to_trainer(job, trainer)  # LoRA+
     events.append("stage", name="training", resumed_from=resume,
                   message=f"training{' (resumed from ' + Path(resume).name + ')' if resume else ''}")
     ctx.interruptible = False  # from here a stop signal only sets the flag: the Trainer saves and ends

@@ -63,6 +63,9 @@ def _cached(kind: str, spec: DatasetSpec, compute: Any) -> Any:
 def count_rows(spec: DatasetSpec) -> tuple[int | None, list[Problem]]:
     """(rows usable for the entry's own stage, problems), cached."""
 
+    if spec.hub_id and spec.path is None:
+        return None, []  # a hub dataset is read when a job starts, never while listing the catalogue
+
     def compute() -> tuple[int | None, list[Problem]]:
         try:
             return len(load_examples(spec, spec.stage)), []
@@ -83,7 +86,8 @@ def catalogue_frame(dataset_dir: str | Path) -> pd.DataFrame:
         n_rows, problems = count_rows(spec)
         fmt = spec.formatting + (" (ranking)" if spec.ranking else "")
         check = "ok" if not problems else f"{len(problems)} problem(s): {problems[0]}"
-        rows.append([spec.name, fmt, "" if n_rows is None else n_rows, spec.stage, spec.file_name or "", check])
+        file = spec.file_name or spec.display
+        rows.append([spec.name, fmt, "" if n_rows is None else n_rows, spec.stage, file, check])
     return pd.DataFrame(rows, columns=CATALOGUE_COLUMNS)
 
 

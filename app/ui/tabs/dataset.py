@@ -9,6 +9,7 @@ import gradio as gr
 
 from app.data.catalogue import FORMATTINGS, register_dataset
 from app.data.errors import DataError
+from app.ui import dataset_generate, dataset_insight
 from app.ui import datasets as logic
 from app.ui.context import StudioContext
 
@@ -53,6 +54,8 @@ def build(ctx: StudioContext) -> None:
             validate = ctx.make(gr.Button, "data.validate", elem_id="data-validate")
             register = ctx.make(gr.Button, "data.register", variant="primary", elem_id="data-register")
         result = ctx.make(gr.Textbox, "data.result", lines=6, max_lines=20, interactive=False, elem_id="data-result")
+    dataset_insight.build(ctx)  # statistics under the chosen model's template; suggested cutoff_len
+    dataset_generate.build(ctx)  # synthetic rows from topics or documents, as a background job
     columns = gr.State([])
     lang = ctx.shared["lang"]
     role_list = list(roles.values())

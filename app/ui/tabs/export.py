@@ -16,6 +16,7 @@ from app.ui.context import StudioContext, model_name
 from app.ui.export_report import QUANT_CHOICES, default_output, error_markdown, report_markdown
 from app.ui.export_server import ApiServer, ServerError, ServerStatus, curl_example
 from app.ui.tabs.chat import finished_runs
+from app.ui.tabs.export_hub import build_hub
 
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 FORMATS = ("safetensors", "gguf")
@@ -148,6 +149,7 @@ def build(ctx: StudioContext) -> None:
     start.click(on_export, [run, folder, fmt, quant, check, output, lang], [report, raw], concurrency_limit=1,
                 **PRIVATE)
 
+    build_hub(ctx, run, folder, output, lang)  # push the adapter or the export to the Hugging Face Hub
     build_api(ctx, lang)
 
 

@@ -20,6 +20,7 @@ from app.ui.components import field_control, field_group
 from app.ui.context import StudioContext, model_name
 from app.ui.datasets import datasets_for_stage
 from app.ui.forms import SPECIAL_FIELDS, estimate_job, form_fields, form_to_job, group_fields, job_to_controls
+from app.ui.tabs.train_extras import build_continue, build_stage_curves
 from app.ui.tabs.train_runs import PRIVATE, build_monitor
 
 INLINE_GROUPS = ("model", "method", "data")  # model: the Model tab; method and data: the top rows
@@ -67,6 +68,8 @@ def build(ctx: StudioContext) -> None:
         output = gr.Markdown("", elem_id="train-output")
         saved = ctx.make(gr.File, "train.yaml_file", visible=False, interactive=False, elem_id="train-saved")
     monitor = build_monitor(ctx)
+    build_stage_curves(ctx, monitor)  # rewards / margins / accuracy / KL / completion length, per stage
+    build_continue(ctx, monitor)  # "continue this finished run for N more epochs"
 
     names = form_fields()
     model = ctx.model_inputs()

@@ -1,0 +1,97 @@
+"""Train tab additions beside the run monitor: each stage's own curves, and "continue for N more epochs".
+
+Both hang off the monitor (app.ui.tabs.train_runs) without changing it: they read its selected run
+and follow its timer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from app.ui import stage_plots
+from app.ui.context import StudioContext
+from app.ui.plots import color_map
+
+PRIVATE: dict[str, Any] = {"api_visibility": "private"}
+
+STRINGS: dict[str, dict[str, str]] = {
+    "train.metrics": {"en": "Stage metrics (rewards, margins, accuracy, KL)",
+                      "zh": "阶段指标（奖励、间隔、准确率、KL）"},
+    "train.lengths": {"en": "Completion length (tokens)", "zh": "生成长度（token）"},
+    "train.more_epochs": {"en": "More epochs", "zh": "追加轮数"},
+    "train.continue": {"en": "Continue this run", "zh": "在此运行上继续训练"},
+    "train.msg.continued": {"en": "Started **{name}**: {run} for {epochs} more epoch(s).",
+                            "zh": "已启动 **{name}**：在 {run} 上再训练 {epochs} 轮。"},
+    "train.msg.not_finished": {"en": "{run} is {state}: only a finished run can be continued (Resume continues "
+                                     "a stopped or failed one).",
+                               "zh": "{run} 的状态是 {state}：只有已完成的运行可以继续训练"
+                                     "（停止或失败的运行请用“继续训练”恢复）。"},
+}
+
+
+def _events(ctx: StudioContext, name: str | None) -> tuple[str | None, list[dict[str, Any]]]:
+    if not name:
+        return None, []
+    try:
+        run = ctx.manager.run(name)
+        return run.job().stage, run.events.read_all()
+    except Exception:  # noqa: BLE001 - a run folder being written or removed: show nothing this tick
+        return None, []
+
+
+def build_stage_curves(ctx: StudioContext, monitor: Any) -> None:
+    """Two plots under the loss curve, filled for stages that report more than a loss."""
+    ctx.add_strings(STRINGS)
+    with gr.Row():
+        metrics = ctx.make(gr.LinePlot, "train.metrics", x="step", y="value", color="series", color_title="",
+                           value=None, visible=False, elem_id="train-metrics")
+        lengths = ctx.make(gr.LinePlot, "train.lengths", x="step", y="value", value=None, visible=False,
+                           elem_id="train-lengths")
+    signature = gr.State(None)
+
+    def refresh(name: str | None, sig: Any) -> tuple[Any, Any, Any]:
+        stage, events = _events(ctx, name)
+        frame = stage_plots.metrics_frame(stage, events)
+        length = stage_plots.length_frame(events) if stage == "grpo" else None
+        new_sig = (name, len(events))
+        if new_sig == sig:
+            return gr.skip(), gr.skip(), sig
+        series = list(dict.fromkeys(frame["series"]))
+        return (gr.update(value=frame if not frame.empty else None, visible=not frame.empty,
+                          color_map=color_map(series)),
+                gr.update(value=length if length is not None and not length.empty else None,
+                          visible=length is not None and not length.empty), new_sig)
+
+    outputs = [metrics, lengths, signature]
+    monitor.timer.tick(refresh, [monitor.run, signature], outputs, show_progress="hidden", **PRIVATE)
+    monitor.run.change(refresh, [monitor.run, gr.State(None)], outputs, show_progress="hidden", **PRIVATE)
+
+
+def build_continue(ctx: StudioContext, monitor: Any) -> None:
+    """A number and a button: train the selected finished run for N more epochs (app.train.continuation)."""
+    ctx.add_strings(STRINGS)
+    with gr.Row():
+        epochs = ctx.make(gr.Number, "train.more_epochs", value=1, minimum=0.1, precision=None, scale=1,
+                          elem_id="train-more-epochs")
+        button = ctx.make(gr.Button, "train.continue", size="sm", scale=1, elem_id="train-continue")
+        message = gr.Markdown("", elem_id="train-continue-message")
+    lang = ctx.shared["lang"]
+
+    def on_continue(name: str | None, more: float | None, lang_: str) -> list[Any]:
+        from app.train.continuation import continue_job
+
+        if not name:
+            return [ctx.t("msg.no_run", lang_), *monitor.show(name)]
+        state = ctx.manager.run(name).read_state().get("state")
+        if state != "finished":
+            return [ctx.t("train.msg.not_finished", lang_, run=name, state=state), *monitor.show(name)]
+        try:
+            run = ctx.manager.submit(continue_job(ctx.runs_dir / name, float(more or 1)))
+        except (ValueError, RuntimeError) as exc:
+            return [f"✗ {exc}", *monitor.show(name)]
+        text = ctx.t("train.msg.continued", lang_, name=run.name, run=name, epochs=f"{float(more or 1):g}")
+        return [text, *monitor.show(run.name, activate=True)]
+
+    button.click(on_continue, [monitor.run, epochs, lang], [message, *monitor.outputs], **PRIVATE)

@@ -1,0 +1,104 @@
+"""The Dataset tab's Insight and Generate panels in headless Chromium: statistics of a demo set under the
+embedded model's template, the suggested cutoff_len applied to the Train tab in one click, and a tiny
+generation started from the panel whose progress shows up live. Screenshot: docs/screenshots/dataset_tools.png.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from browser_support import CHROMIUM, CHROMIUM_ARGS, SHOTS, VIEWPORT, Studio
+
+pytestmark = pytest.mark.browser
+
+SLOW_MS = 300_000
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"{CHROMIUM} not found (apt-get install chromium; Debian's chromium is required)",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+
+@pytest.fixture(scope="module")
+def studio() -> Iterator[Studio]:
+    root = Path(tempfile.mkdtemp(prefix="ftstudio-tools-"))
+    server = Studio(root)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.kill_workers()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture()
+def page(studio) -> Iterator:
+    with sync_api.sync_playwright() as play:
+        browser = play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport=VIEWPORT)
+        page.set_default_timeout(60_000)
+        page.goto(studio.url, timeout=120_000)
+        page.wait_for_selector("#model-load", state="visible", timeout=120_000)
+        yield page
+        browser.close()
+
+
+def test_insight_and_generate_panels(page, studio):
+    page.get_by_role("tab", name="Dataset").click()
+    page.wait_for_function("document.querySelector('#data-catalogue').innerText.includes('identity')")
+
+    # Insight: identity under the embedded model's template
+    page.get_by_text("Insight", exact=True).click()
+    page.click("#insight-dataset input")
+    page.get_by_role("option", name="identity", exact=True).click()
+    page.click("#insight-compute")
+    page.wait_for_function("document.querySelector('#insight-summary').innerText.includes('Suggested cutoff_len')",
+                           timeout=SLOW_MS)
+    summary = page.inner_text("#insight-summary")
+    assert "84 (84 usable, 0 with problems)" in summary and "en 53, zh 31" in summary
+    page.wait_for_selector("#insight-prompt-hist g.mark-rect path, #insight-prompt-hist .mark-rect path",
+                           state="attached")
+    suggested = int(summary.split("Suggested cutoff_len")[1].split()[0].strip("*"))
+    page.click("#insight-apply")
+    page.wait_for_function(f"document.querySelector('#insight-applied').innerText.includes('{suggested}')")
+
+    # Generate: two rows from seed topics with the embedded model
+    page.get_by_text("Generate synthetic data", exact=True).click()
+    page.fill("#gen-topics textarea", "volcanoes; the moon; baking bread")
+    for elem, value in (("gen-num-rows", "2"), ("gen-max-new-tokens", "16"), ("gen-temperature", "0.7")):
+        box = page.locator(f"#{elem} input").first
+        box.fill(value)
+        box.press("Tab")
+    page.fill("#gen-dataset-name textarea, #gen-dataset-name input", "browser_synth")
+    page.locator("#gen-keep-truncated input").check()  # 16 tokens cut most answers: keep them here
+    page.click("#gen-start")
+    page.wait_for_function("document.querySelector('#gen-status').innerText.includes('generate-')")
+    page.wait_for_function("document.querySelector('#gen-status').innerText.includes('1 / 2 rows')"
+                           " || document.querySelector('#gen-status').innerText.includes('2 / 2 rows')"
+                           " || document.querySelector('#gen-status').innerText.includes('failed')",
+                           timeout=SLOW_MS)
+    page.wait_for_function("document.querySelector('#gen-status').innerText.match(/finished|failed/)",
+                           timeout=SLOW_MS)
+    status = page.inner_text("#gen-status")
+    assert "finished" in status and "2 / 2 rows" in status, status
+    assert "registered as 'browser_synth'" in status
+    page.wait_for_function("document.querySelector('#gen-rows').innerText.includes('instruction')")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(800)
+    top, bottom = page.locator("#insight-panel").bounding_box(), page.locator("#gen-panel").bounding_box()
+    scroll = page.evaluate("window.scrollY")
+    page.screenshot(path=str(SHOTS / "dataset_tools.png"), full_page=True,
+                    clip={"x": 0, "y": top["y"] + scroll, "width": VIEWPORT["width"],
+                          "height": bottom["y"] + bottom["height"] - top["y"]})
+    catalogue = json.loads((studio.datasets / "dataset_info.json").read_text(encoding="utf-8"))
+    assert "browser_synth" in catalogue
+
+    page.get_by_role("tab", name="Train").click()
+    value = page.input_value("#field-cutoff_len input")
+    assert int(float(value)) == suggested
