@@ -161,6 +161,8 @@ def test_cpu_runs_one_row_per_micro_batch_with_the_same_update(tiny_model, tmp_p
 
     job = JobConfig(per_device_train_batch_size=4, gradient_accumulation_steps=2)
     assert micro_batches(job, on_gpu=False) == (1, 8) and micro_batches(job, on_gpu=True) == (4, 2)
+    for stage in ("kto", "grpo", "rm"):  # batch-level losses keep their batches
+        assert micro_batches(job.replace(stage=stage), on_gpu=False) == (4, 2)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     args = recipes.trainer_arguments(job, tmp_path, has_eval=False)
     assert (args["per_device_train_batch_size"], args["gradient_accumulation_steps"]) == (1, 8)

@@ -18,10 +18,15 @@ from __future__ import annotations
 
 from app.config import JobConfig
 
+# Stages whose loss is a sum or mean over rows (pairs): splitting a batch leaves the update unchanged.
+# Not KTO (its KL estimate pairs rows within a batch), nor GRPO (a batch holds whole groups of
+# generations), nor reward modelling's in-batch statistics.
+ROW_BY_ROW_STAGES = ("sft", "pt", "dpo")
+
 
 def micro_batches(job: JobConfig, on_gpu: bool) -> tuple[int, int]:
     """(per-device micro-batch size, gradient accumulation steps) that the Trainer runs for the job."""
     batch, accumulation = job.per_device_train_batch_size, job.gradient_accumulation_steps
-    if on_gpu or batch == 1:
+    if on_gpu or batch == 1 or job.stage not in ROW_BY_ROW_STAGES:
         return batch, accumulation
     return 1, accumulation * batch
