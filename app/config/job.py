@@ -237,7 +237,7 @@ class JobConfig(Schema):
         "ignored on CPU. The loss head is always fused on GPU.", "advanced")
     torch_compile: bool = param(
         False, "Compile the model with torch.compile: a one-off compile time for faster steps on long GPU runs "
-        "(on CPU it did not pay back in our measurements).", "advanced")
+        "(rows of new lengths recompile; not worth it for short runs).", "advanced")
     logging_steps: int = param(5, "Log loss every N steps.", "advanced", minimum=1)
     save_steps: int = param(50, "Save a checkpoint every N steps.", "advanced", minimum=1)
     eval_steps: int | None = param(None, "Eval every N steps (empty = save_steps).", "advanced", minimum=1)

@@ -231,7 +231,7 @@ ZH_HELP = {
     "enable_liger_kernel": "在 CUDA GPU 上使用 Liger 的融合 Triton 内核（RMSNorm、RoPE、SwiGLU；需 pip install "
                            "liger-kernel）；CPU 上忽略。GPU 上的损失头始终是融合的。",
     "torch_compile": "用 torch.compile 编译模型：一次性编译耗时，换取 GPU 长时间训练时更快的每一步"
-                     "（在 CPU 上我们的测量中得不偿失）。",
+                     "（新长度的行会重新编译；短任务不值得）。",
     "offload": "把优化器状态（fsdp / ZeRO-3 时连同参数）放在 CPU 内存：更省显存，但每步更慢。",
     "deepspeed": "DeepSpeed JSON 配置文件路径（LLaMA-Factory 的键名）；原样使用，代替自动生成的 ZeRO 配置。"
                  "意味着使用 DeepSpeed 策略。",
