@@ -1,4 +1,4 @@
-"""ftstudio: webui | train | eval | chat | export | api | data — everything the UI does, from a terminal."""
+"""ftstudio: webui | train | eval | judge | chat | export | api | data — everything the UI does, from a terminal."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from app.config import STAGES, ConfigError, EvalConfig, GenerateConfig, JobConfig, Schema
+from app.config import STAGES, ConfigError, EvalConfig, GenerateConfig, JobConfig, JudgeConfig, Schema
 
 
 def _schema_parser(sub, cls: type[Schema], help: str, description: str,
@@ -63,9 +63,31 @@ def cmd_continue(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from app.eval.jobfile import load_eval_config
     from app.eval.worker import run_eval
 
-    return run_eval(build_config(EvalConfig, args))
+    notes: list[str] = []
+    config = load_eval_config(args.job, {k: v for k, v in vars(args).items() if k in EvalConfig.spec()}, notes)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return run_eval(config)
+
+
+def cmd_judge(args) -> int:
+    from app.eval.judge import JudgeError, run_judge
+
+    def progress(done: int, total: int) -> None:
+        print(f"[{done}/{total}] judged", file=sys.stderr, flush=True)
+
+    try:
+        summary = run_judge(build_config(JudgeConfig, args), progress=progress)
+    except JudgeError as exc:
+        print(f"judge failed: {exc}", file=sys.stderr)
+        return 1
+    import json
+
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return 0
 
 
 def cmd_data(args) -> int:
@@ -130,10 +152,21 @@ def cmd_api(args) -> int:
     from app.serve.main import api_main
 
     return api_main(model=args.model, adapters=args.adapter or [], host=args.host, port=args.port,
-                    api_key=args.api_key or os.environ.get("FTSTUDIO_API_KEY"))
+                    api_key=args.api_key or os.environ.get("FTSTUDIO_API_KEY"), max_queue=args.max_queue,
+                    backend=args.backend, max_batch=args.max_batch, runs_dir=args.runs_dir,
+                    tensor_parallel=args.tensor_parallel, dtype=args.dtype)
+
+
+def cmd_metrics(args) -> int:
+    from app.serve.exporter import metrics_main
+
+    return metrics_main(runs_dir=args.runs_dir, host=args.host, port=args.port)
 
 
 def cmd_webui(args) -> int:
+    from app.chat.threads import studio_thread_policy
+
+    studio_thread_policy()  # before the UI imports torch
     from app.ui.app import webui_main
 
     return webui_main(host=args.host, port=args.port, auth=args.auth or os.environ.get("FTSTUDIO_AUTH"),
@@ -160,7 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     _schema_parser(sub, EvalConfig, "evaluate a model or a run: predictions, BLEU/ROUGE, perplexity",
                    "Generate answers for held-out rows and score them against the references, in this "
                    "process. Example: ftstudio eval --adapter_name_or_path runs/identity-lora "
-                   "--eval_dataset identity_eval").set_defaults(func=cmd_eval)
+                   "--eval_dataset identity_eval. Given a training job (runs/<name>/job.yaml), it evaluates that "
+                   "run.").set_defaults(func=cmd_eval)
+    _schema_parser(sub, JudgeConfig, "pairwise LLM judge of two evaluation runs (win/tie/loss)",
+                   "Ask an OpenAI-compatible model which of two evaluation runs answered each row better, twice "
+                   "with the answers' positions swapped. Example: ftstudio judge --predictions runs/eval-lora "
+                   "--baseline runs/eval-base --judge_base_url http://127.0.0.1:8000/v1").set_defaults(func=cmd_judge)
 
     more = sub.add_parser("continue", help="train a finished run for more epochs (a new run beside it)")
     more.add_argument("run", help="a finished run folder")
@@ -196,7 +234,23 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
     api.add_argument("--api-key", help="bearer key clients must send (or FTSTUDIO_API_KEY)")
+    api.add_argument("--backend", choices=["transformers", "vllm", "llamacpp"], default="transformers",
+                     help="serving engine: transformers (default, batched, CPU/GPU), vllm (GPU, extra `vllm`), "
+                          "llamacpp (a GGUF file, extra `gguf-quant`)")
+    api.add_argument("--max-batch", type=int, help="requests decoded together (default 32; vLLM: its own)")
+    api.add_argument("--max-queue", type=int, default=64, help="requests that may wait beyond the batch; then 429")
+    api.add_argument("--tensor-parallel", type=int, help="vllm: GPUs to shard over (default: all visible)")
+    api.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                     help="transformers: weights' type (auto: bf16/fp16 on GPU, fp32 on CPU)")
+    api.add_argument("--runs-dir", default=os.environ.get("FTSTUDIO_RUNS", "runs"),
+                     help="export the training runs in this folder on /metrics too")
     api.set_defaults(func=cmd_api)
+
+    met = sub.add_parser("metrics", help="export training runs as Prometheus metrics (for the dashboard)")
+    met.add_argument("--runs-dir", default=os.environ.get("FTSTUDIO_RUNS", "runs"))
+    met.add_argument("--host", default="127.0.0.1")
+    met.add_argument("--port", type=int, default=9400)
+    met.set_defaults(func=cmd_metrics)
 
     data = sub.add_parser("data", help="dataset catalogue tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)

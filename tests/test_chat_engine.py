@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,45 @@ def test_chat_cli_prompt_and_interactive(adapters, capsys):
     assert "(conversation cleared)" in out and "/reset clears" in out
     assert chat_main(adapter="/nonexistent/run") == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ batching
+def test_one_batch_mixes_settings_and_each_request_answers_as_alone(engine: ChatEngine, adapters):
+    for name in ("a", "b"):
+        if name not in engine.names():
+            engine.add_adapter(name, adapters[name])
+    asks = [dict(messages=FRANCE, max_new_tokens=16), dict(messages=HELLO, temperature=1.0, seed=5, max_new_tokens=8),
+            dict(messages=FRANCE, stop=["Paris"], max_new_tokens=16), dict(messages=HELLO, max_new_tokens=3),
+            dict(messages=HELLO, model="a", max_new_tokens=8), dict(messages=FRANCE, model="b", max_new_tokens=8)]
+    alone = [engine.generate(**ask) for ask in asks]
+    long_one = engine.stream([{"role": "user", "content": "Write a long story about a dragon."}], max_new_tokens=200)
+    results = [engine.stream(**ask) for ask in asks]
+    for result in [long_one, *results]:
+        result.start()  # all submitted at once: they decode in one batch
+    first = next(long_one)
+    long_one.cancel()
+    together = []
+    for result in results:
+        for _ in result:
+            pass
+        together.append(result.generation)
+    assert together == alone
+    for _ in long_one:
+        pass
+    assert first and long_one.generation.finish_reason == "cancelled"
+    assert long_one.generation.completion_tokens < 200
+    deadline = time.time() + 30  # the scheduler counts the batch once the step that finished them ends
+    while engine.load().running and time.time() < deadline:
+        time.sleep(0.05)
+    assert engine.load().running == 0 and engine.load().waiting == 0
+
+
+def test_logprobs_and_json_output(engine: ChatEngine):
+    reply = engine.generate(FRANCE, max_new_tokens=6, logprobs=2)
+    assert len(reply.logprobs) == reply.completion_tokens - (reply.finish_reason == "stop")
+    assert "".join(t.token for t in reply.logprobs) == reply.text
+    assert all(t.logprob <= 0 and len(t.top) == 2 and t.top[0][1] >= t.logprob for t in reply.logprobs)
+    schema = {"type": "object", "properties": {"capital": {"type": "string", "maxLength": 20}},
+              "required": ["capital"], "additionalProperties": False}
+    shaped = engine.generate(FRANCE, max_new_tokens=30, json_schema=schema)
+    assert set(json.loads(shaped.text)) == {"capital"}

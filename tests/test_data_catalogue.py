@@ -320,6 +320,7 @@ def test_repo_catalogue_demo_sets() -> None:
     stages = {name: spec.stage for name, spec in specs.items()}
     assert stages == {
         "identity": "sft",
+        "identity_eval": "sft",
         "alpaca_en_zh_demo": "sft",
         "preference_demo": "dpo",
         "preference_sharegpt_demo": "dpo",

@@ -97,4 +97,4 @@ def test_main_check_output_and_exit_code(ws: Path) -> None:
 def test_repo_demo_datasets_all_pass(capsys: pytest.CaptureFixture[str]) -> None:
     assert main_check(str(REPO), []) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 7 and all(line.startswith("ok") for line in lines)
+    assert len(lines) == 8 and all(line.startswith("ok") for line in lines)

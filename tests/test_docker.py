@@ -342,3 +342,112 @@ def test_healthcheck_fails_when_nothing_listens():
     port = server.server_port
     server.server_close()
     assert run_healthcheck(f"http://127.0.0.1:{port}/") == 1
+
+
+# ---------------------------------------------------------------- the monitoring profile
+GRAFANA = ROOT / "docker" / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "ftstudio.json"
+
+
+@pytest.fixture(scope="module")
+def monitoring(tmp_path_factory) -> dict:
+    if COMPOSE is None:
+        pytest.skip("no Compose binary")
+    return resolved_config(tmp_path_factory.mktemp("monitoring"), {"FTSTUDIO_AUTH": AUTH}, "monitoring", "api")
+
+
+@needs_compose
+def test_monitoring_is_opt_in(tmp_path):
+    assert set(resolved_config(tmp_path, {"FTSTUDIO_AUTH": AUTH})["services"]) == {"studio"}
+
+
+@needs_compose
+def test_monitoring_profile_wires_prometheus_grafana_and_the_exporter(monitoring):
+    services = monitoring["services"]
+    assert {"prometheus", "grafana", "metrics"} <= set(services)
+    for name in ("prometheus", "grafana", "metrics"):
+        assert services[name]["profiles"] == ["monitoring"]
+    for name, port in (("prometheus", 9090), ("grafana", 3000)):
+        image = services[name]["image"]
+        assert ":" in image and not image.endswith(":latest"), image
+        (published,) = services[name]["ports"]
+        assert published["host_ip"] == "127.0.0.1" and int(published["target"]) == port
+    mounts = {v["target"]: v for v in services["prometheus"]["volumes"] + services["grafana"]["volumes"]}
+    assert Path(mounts["/etc/prometheus/prometheus.yml"]["source"]) == ROOT / "docker" / "prometheus" / "prometheus.yml"
+    assert Path(mounts["/etc/grafana/provisioning"]["source"]) == GRAFANA / "provisioning"
+    assert Path(mounts["/var/lib/grafana/dashboards"]["source"]) == GRAFANA / "dashboards"
+    exporter = services["metrics"]
+    assert exporter["command"][:3] == ["metrics", "--runs-dir", "/app/runs"]
+    assert Path({v["target"]: v for v in exporter["volumes"]}["/app/runs"]["source"]) == ROOT / "runs"
+
+
+def test_prometheus_scrapes_the_api_and_the_exporter():
+    import yaml
+
+    config = yaml.safe_load((ROOT / "docker" / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
+    targets = {t for job in config["scrape_configs"] for group in job["static_configs"] for t in group["targets"]}
+    assert targets == {"api:8000", "metrics:9400"}
+    datasource = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "ftstudio.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+class _FakeNvml:
+    """NVML's few calls the GPU collector makes (no GPU here): one 80 GB device, 25% busy."""
+
+    class NVMLError(Exception):
+        pass
+
+    nvmlDeviceGetCount = staticmethod(lambda: 1)  # noqa: N815 (NVML's names)
+    nvmlDeviceGetHandleByIndex = staticmethod(lambda i: i)  # noqa: N815
+    nvmlDeviceGetMemoryInfo = staticmethod(lambda h: type("M", (), {"used": 2e9, "total": 8e10})())  # noqa: N815
+    nvmlDeviceGetUtilizationRates = staticmethod(lambda h: type("U", (), {"gpu": 25})())  # noqa: N815
+
+
+def exported_names(tmp_path: Path) -> set[str]:
+    """Every sample name the API server's /metrics carries: serving, a GPU, a training run."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from app.serve.api import create_app
+    from app.serve.metrics import GpuCollector
+
+    run = tmp_path / "runs" / "lumi"
+    run.mkdir(parents=True)
+    (run / "state.json").write_text(json.dumps({"state": "running"}))
+    event = {"t": 1, "kind": "log", "step": 5, "total_steps": 80, "epoch": 0.2, "loss": 2.5, "lr": 1e-4,
+             "tokens_per_s": 150.0, "mem_mb": 900}
+    (run / "events.jsonl").write_text(json.dumps(event) + "\n")
+    sys.path.insert(0, str(ROOT / "tests"))
+    from serving_support import FakeBackend
+
+    app = create_app(FakeBackend(), api_key="", runs_dir=tmp_path / "runs")
+    metrics = app.state.metrics
+    gpu = GpuCollector()
+    gpu._nvml = _FakeNvml
+    metrics.add_collector(gpu)
+    metrics.ttft.observe(0.1)
+    metrics.itl.observe(0.05)
+    metrics.count_tokens("fake", 3, 2)
+    metrics.requests.labels("/v1/chat/completions", "POST", "200").inc()
+    metrics.latency.labels("/v1/chat/completions").observe(0.2)
+    text = metrics.exposition().decode()
+    return {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_dashboard_shows_only_metrics_the_server_exports(tmp_path):
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    assert dashboard["uid"] and dashboard["title"]
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    used = {name for expr in exprs for name in re.findall(r"\bftstudio_[a-z_]+", expr)}
+    assert len(used) >= 15
+    exported = exported_names(tmp_path)
+    assert used <= exported, f"the dashboard reads metrics nobody exports: {sorted(used - exported)}"
+    for needed in ("ftstudio_time_to_first_token_seconds_bucket", "ftstudio_inter_token_latency_seconds_bucket",
+                   "ftstudio_batch_size", "ftstudio_queue_depth", "ftstudio_gpu_memory_used_bytes",
+                   "ftstudio_gpu_utilization_ratio", "ftstudio_train_loss", "ftstudio_train_step",
+                   "ftstudio_train_tokens_per_second", "ftstudio_train_memory_bytes"):
+        assert needed in used, needed
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            assert target["datasource"]["uid"] == "prometheus"  # the provisioned datasource

@@ -1,12 +1,14 @@
 """End to end on the embedded model: `ftstudio train` the identity demo, then `ftstudio chat` it.
 
 The assistant must learn its new name from the catalogue's identity set and use it when asked in
-ways the training set never phrased (data/identity_heldout.json), in English and Chinese.
+ways the training set never phrased (data/identity_heldout.json), in English and Chinese. The training
+runs once per session (the `identity_run` fixture in conftest.py), shared with tests/test_eval_identity.py.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,16 +21,22 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def identity_run(tmp_path_factory) -> RunFolder:
-    out = tmp_path_factory.mktemp("runs") / "identity"
-    cmd = [sys.executable, "-m", "app.cli", "train", str(REPO / "examples" / "identity_lora.yaml"),
-           "--output_dir", str(out), "--dataset_dir", str(REPO)]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
-    run = RunFolder(out)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert run.read_state()["state"] == "finished", run.tail_log()
-    return run
+def _normal(text: str) -> str:
+    """A question without case, spaces and punctuation: a rephrasing must differ in words, not in commas."""
+    return re.sub(r"[\W_]+", "", text.lower())
+
+
+def test_heldout_questions_are_not_in_the_training_set():
+    """The held-out and evaluation questions (and the README's examples) are not training questions."""
+    trained = {_normal(row["conversations"][0]["value"])
+               for row in json.loads((REPO / "data" / "identity.json").read_text())}
+    heldout = [item["question"] for item in json.loads((REPO / "data" / "identity_heldout.json").read_text())]
+    evaluation = [row["conversations"][0]["value"]
+                  for row in json.loads((REPO / "data" / "identity_eval.json").read_text())]
+    readme = re.findall(r'--prompt "([^"]+)"', (REPO / "README.md").read_text())
+    assert readme and set(readme) <= set(heldout)
+    for question in heldout + evaluation:
+        assert _normal(question) not in trained, question
 
 
 def test_run_folder_follows_the_contract(identity_run: RunFolder):

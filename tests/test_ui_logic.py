@@ -163,7 +163,7 @@ def test_compare_and_runs_frames():
     assert list(plots.color_map(["a", "b", "a"])) == ["a", "b"]
     summary = RunSummary("r", "/x", "running", "sft", "lora", "identity", None, 3, 40, 1.23456, None)
     row = plots.runs_frame([summary]).iloc[0].tolist()
-    assert row == ["r", "running", "sft", "lora", "identity", "3/40", "1.2346"]
+    assert row == ["r", "running", "sft", "lora", "identity", "3/40", "1.2346", ""]
     assert plots.format_duration(3725) == "1:02:05"
 
 

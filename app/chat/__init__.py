@@ -1,7 +1,24 @@
-"""Inference: one base model with LoRA adapters switched on top, greedy/sampled, streamed."""
+"""Inference: serving backends (app/chat/backends), the batched transformers engine, adapters, tools.
 
-from app.chat.adapters import AdapterError, BaseMismatchError
-from app.chat.engine import ChatEngine, ContextLengthError, Generation, StreamResult, UnknownModelError
+Names load lazily (PEP 562): `import app.chat.threads` must not pull in torch before the OpenMP policy is set.
+"""
 
-__all__ = ["AdapterError", "BaseMismatchError", "ChatEngine", "ContextLengthError", "Generation",
-           "StreamResult", "UnknownModelError"]
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "AdapterError": "app.chat.adapters", "BaseMismatchError": "app.chat.adapters",
+    "ChatEngine": "app.chat.engine", "ContextLengthError": "app.chat.engine", "Generation": "app.chat.engine",
+    "StreamResult": "app.chat.engine", "UnknownModelError": "app.chat.engine",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'app.chat' has no attribute '{name}'")
+    import importlib
+
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -1,13 +1,8 @@
-"""Stopping generation: at stop strings (also when text arrives in pieces) or on request."""
+"""Stop strings: cut the reply at the first one, also when its text arrives in pieces."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
-from typing import Any
-
-import torch
-from transformers import StoppingCriteria
 
 
 class StopFilter:
@@ -40,32 +35,3 @@ class StopFilter:
         """The held-back text once the generation has ended without a stop string."""
         out, self.buffer = ("" if self.stopped else self.buffer), ""
         return out
-
-
-class CancelFlag(StoppingCriteria):
-    """Stop when another thread sets the event (a client went away, Ctrl-C)."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-class StopOnText(StoppingCriteria):
-    """Stop once the decoded tail of the reply holds a stop string.
-
-    transformers' own `stop_strings` re-scans the whole vocabulary on every request (seconds for a 49k
-    vocabulary); decoding the last few tokens costs microseconds. The tail is decoded exactly as the
-    reply text is (special tokens skipped), so this agrees with StopFilter, which cuts the text.
-    """
-
-    def __init__(self, tokenizer: Any, stops: list[str], prompt_len: int):
-        self.tokenizer, self.stops, self.prompt_len = tokenizer, stops, prompt_len
-        self.window = max(len(s) for s in stops) + 8  # tokens; every visible token is >= 1 character
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        start = max(self.prompt_len, input_ids.shape[1] - self.window)
-        tail = self.tokenizer.decode(input_ids[0, start:], skip_special_tokens=True)
-        hit = any(stop in tail for stop in self.stops)
-        return torch.full((input_ids.shape[0],), hit, dtype=torch.bool, device=input_ids.device)

@@ -43,8 +43,12 @@ GROUPS = {
     "dpo": "Preference (DPO, KTO, ORPO, SimPO)",
     "grpo": "Reinforcement (GRPO)",
     "distributed": "Multi-GPU",
+    "evaluation": "Evaluation and tracking",
     "advanced": "Advanced",
 }
+# report_to values: transformers' reporting integrations (each needs its own package; see app.train.tracking).
+TRACKERS = ("none", "all", "tensorboard", "wandb", "mlflow", "comet_ml", "clearml", "neptune", "trackio", "swanlab",
+            "dvclive", "codecarbon", "azure_ml", "dagshub", "flyte", "kubeflow")
 
 # LLaMA-Factory keys that change what is trained and that the studio does not implement yet:
 # loading a YAML with one of these is an error that says so, never a silent difference.
@@ -74,7 +78,7 @@ UNSUPPORTED_KEYS = {
 # LLaMA-Factory keys with no effect here (bookkeeping of its own runner): accepted and noted.
 IGNORED_KEYS = frozenset({
     "do_train", "do_eval", "do_predict", "plot_loss", "overwrite_output_dir", "overwrite_cache",
-    "preprocessing_num_workers", "dataloader_num_workers", "report_to", "ddp_timeout", "logging_dir",
+    "preprocessing_num_workers", "dataloader_num_workers", "ddp_timeout", "logging_dir",
     "run_name", "save_only_model", "eval_strategy", "save_strategy", "logging_strategy",
     "per_device_eval_batch_size", "trust_remote_code", "disable_tqdm",
 })
@@ -114,6 +118,8 @@ class JobConfig(Schema):
     max_samples: int | None = param(None, "Use at most this many rows of each dataset.", "data", minimum=1)
     val_size: float = param(0.0, "Fraction (0-1) or count (>=1) of rows held out for eval loss.", "data",
                             minimum=0)
+    eval_dataset: str | None = param(
+        None, "Catalogue datasets for the eval loss, comma separated, instead of a val_size split.", "data")
     # basic training
     learning_rate: float = param(1e-4, "Peak learning rate.", "basic", minimum=0, exclusive_min=True)
     num_train_epochs: float = param(3.0, "Passes over the data.", "basic", minimum=0, exclusive_min=True)
@@ -202,15 +208,21 @@ class JobConfig(Schema):
     deepspeed: str | None = param(
         None, "Path to a DeepSpeed JSON config (LLaMA-Factory's key); used as is instead of the generated "
         "ZeRO config. Implies a DeepSpeed strategy.", "distributed")
-    num_machines: int = param(
-        1, "Machines taking part (accelerate multi-node): start the same job on each, with its own "
-        "machine_rank; Preview command shows the line for every machine.", "distributed", minimum=1)
-    machine_rank: int = param(0, "This machine's rank among num_machines (0 = the main machine).", "distributed",
-                              minimum=0)
-    main_process_ip: str | None = param(
-        None, "Address of machine 0 that the other machines reach (multi-node).", "distributed")
-    main_process_port: int = param(29500, "Port on machine 0 for the rendezvous (multi-node).", "distributed",
-                                   minimum=1, maximum=65535)
+    # evaluation and tracking
+    early_stopping_steps: int | None = param(
+        None, "Stop training when the eval loss has not improved for this many evaluations in a row (needs "
+        "val_size or eval_dataset).", "evaluation", minimum=1)
+    load_best_model_at_end: bool = param(
+        False, "At the end, keep the checkpoint with the best eval loss as the run's adapter (save_steps must be a "
+        "multiple of eval_steps).", "evaluation")
+    metric_for_best_model: str = param("eval_loss", "What 'best' means for load_best_model_at_end and early "
+                                       "stopping: the lowest eval loss.", "evaluation",
+                                       ("eval_loss", "loss"))
+    report_to: str | None = param(
+        None, "Experiment trackers, comma separated: empty or none; tensorboard (event files in "
+        "<run>/tensorboard); wandb (offline in <run>/wandb unless WANDB_MODE or WANDB_API_KEY is set); "
+        "mlflow (<run>/mlruns unless MLFLOW_TRACKING_URI is set); comet_ml, clearml, trackio, swanlab, ... "
+        "when installed.", "evaluation")
     # advanced
     neftune_noise_alpha: float | None = param(None, "NEFTune: noise added to the input embeddings while "
                                               "training (e.g. 5); SFT.", "advanced", minimum=0,
@@ -253,6 +265,8 @@ class JobConfig(Schema):
     def normalise(cls, data: dict[str, Any]) -> dict[str, Any]:
         if "disable_gradient_checkpointing" in data:  # LLaMA-Factory's inverted switch
             data.setdefault("gradient_checkpointing", not to_bool(data.pop("disable_gradient_checkpointing")))
+        if isinstance(data.get("report_to"), (list, tuple)):  # LF and transformers accept a list
+            data["report_to"] = ",".join(str(item) for item in data["report_to"]) or None
         return data
 
     def problems(self) -> list[str]:
@@ -276,7 +290,7 @@ class JobConfig(Schema):
             problems.append("dataset: name at least one catalogue dataset")
         if self.val_size >= 1 and not float(self.val_size).is_integer():
             problems.append(f"val_size: a count must be whole, got {self.val_size:g}")
-        return problems + self.method_problems()
+        return problems + self.method_problems() + self._evaluation_problems()
 
     def method_problems(self) -> list[str]:
         """LoRA variants need LoRA; GRPO rewards must be known and have what they read."""
@@ -309,6 +323,29 @@ class JobConfig(Schema):
                                     f"{self.reward_weights!r}")
         return problems
 
+    def _evaluation_problems(self) -> list[str]:
+        problems = []
+        if self.eval_dataset is not None and not self.eval_datasets:
+            problems.append("eval_dataset: name at least one catalogue dataset, or leave it empty")
+        if self.eval_datasets and self.val_size:
+            problems.append("val_size: cannot be combined with eval_dataset (as in LLaMA-Factory); set one of them")
+        has_eval = bool(self.val_size or self.eval_datasets)
+        # the trainers that carry app.train.tracking's callbacks (recipes.py's SFT/PT and DPO builders)
+        tracked = self.stage in ("sft", "pt") or (self.stage == "dpo" and self.pref_loss not in ("orpo", "simpo"))
+        for key in ("early_stopping_steps", "load_best_model_at_end"):
+            if getattr(self, key) and not has_eval:
+                problems.append(f"{key}: needs an eval loss: set val_size or eval_dataset")
+            elif getattr(self, key) and not tracked:
+                problems.append(f"{key}: supported for stages sft, pt and dpo (sigmoid, ipo, hinge) so far")
+        eval_steps = self.eval_steps or self.save_steps
+        if self.load_best_model_at_end and self.save_steps % eval_steps:
+            problems.append(f"load_best_model_at_end: save_steps ({self.save_steps}) must be a multiple of eval_steps "
+                            f"({eval_steps}), so that the best evaluation has a checkpoint")
+        unknown = [t for t in self.trackers if t not in TRACKERS]
+        if unknown:
+            problems.append(f"report_to: unknown tracker {', '.join(unknown)} (known: {', '.join(TRACKERS)})")
+        return problems
+
     @property
     def reward_names(self) -> list[str]:
         return [r.strip() for r in self.reward_funcs.split(",") if r.strip()]
@@ -317,6 +354,16 @@ class JobConfig(Schema):
     @property
     def datasets(self) -> list[str]:
         return [d.strip() for d in self.dataset.split(",") if d.strip()]
+
+    @property
+    def eval_datasets(self) -> list[str]:
+        return [d.strip() for d in (self.eval_dataset or "").split(",") if d.strip()]
+
+    @property
+    def trackers(self) -> list[str]:
+        """report_to as a list; [] for none."""
+        names = [t.strip().lower() for t in (self.report_to or "").split(",") if t.strip()]
+        return [] if names in ([], ["none"]) else names
 
     @property
     def lora_alpha_value(self) -> int:

@@ -1,10 +1,11 @@
-"""`ftstudio api`: load the base and adapters, then serve the OpenAI-compatible API with uvicorn."""
+"""`ftstudio api`: load a serving backend (transformers, vLLM or llama.cpp) and serve it with uvicorn."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
 import sys
+from pathlib import Path
 
 from app.chat.adapters import AdapterError
 from app.models.source import ModelSourceError
@@ -31,8 +32,18 @@ def parse_adapter(spec: str) -> tuple[str, str]:
     return name.strip(), path.strip()
 
 
+def choose_thread_policy() -> str:
+    """The worker's OpenMP rule (app/train/threads.py), decided before torch loads: a server that shares
+    the CPU with a training run must not spin its threads against it."""
+    from app.train.threads import choose_omp_wait_policy
+
+    return choose_omp_wait_policy()
+
+
 def api_main(model: str | None = None, adapters: list[str] | None = None, host: str = "127.0.0.1",
-             port: int = 8000, api_key: str | None = None, max_queue: int = 64) -> int:
+             port: int = 8000, api_key: str | None = None, max_queue: int = 64, backend: str = "transformers",
+             max_batch: int | None = None, runs_dir: str | None = None, tensor_parallel: int | None = None,
+             dtype: str | None = None) -> int:
     key = api_key if api_key is not None else os.environ.get("FTSTUDIO_API_KEY")
     if not key and not is_loopback(host):
         print(f"api: refusing to serve on {host} without an API key: anyone who can reach this machine "
@@ -44,20 +55,29 @@ def api_main(model: str | None = None, adapters: list[str] | None = None, host: 
     except ValueError as exc:
         print(f"api: {exc}", file=sys.stderr)
         return 2
+    if backend == "transformers":
+        print(f"api: {choose_thread_policy()}", file=sys.stderr)
     import uvicorn
 
-    from app.chat.engine import ChatEngine
+    from app.chat.backends import BackendUnavailable, load_backend
     from app.serve.api import create_app
 
+    options: dict = {"max_batch": max_batch}
+    if dtype:
+        options["dtype"] = dtype
+    if tensor_parallel:
+        options["tensor_parallel"] = tensor_parallel
     try:
-        engine = ChatEngine(model)
-        for name, path in specs:
-            engine.add_adapter(name, path)
-    except (ModelSourceError, AdapterError, ValueError) as exc:
+        engine = load_backend(backend, model, specs, **options)
+    except (ModelSourceError, AdapterError, BackendUnavailable, ValueError) as exc:
         print(f"api: {exc}", file=sys.stderr)
         return 1
-    print(f"api: serving {', '.join(engine.names())} on http://{host}:{port}/v1 "
+    runs = Path(runs_dir) if runs_dir else None
+    print(f"api: {backend} backend serving {', '.join(engine.names())} on http://{host}:{port}/v1 "
           f"({'bearer key required' if key else 'no key: loopback only'})", file=sys.stderr, flush=True)
-    uvicorn.run(create_app(engine, api_key=key or None, max_queue=max_queue), host=host, port=port,
-                log_level="info")
+    try:
+        uvicorn.run(create_app(engine, api_key=key or None, max_queue=max_queue, runs_dir=runs), host=host,
+                    port=port, log_level="info")
+    finally:
+        engine.close()
     return 0

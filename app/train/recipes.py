@@ -15,6 +15,7 @@ import torch
 from datasets import Dataset
 
 from app.config import JobConfig
+from app.train import tracking
 from app.train.checkpoints import AtomicCheckpointMixin
 from app.train.grpo import build_grpo_trainer
 from app.train.preference import build_kto_trainer, build_preference_trainer, dpo_loss_arguments
@@ -54,6 +55,8 @@ def prepare_data(job: JobConfig, tokenizer, use_cache: bool = True) -> Prepared:
     from app.data.render import tokenize_pt, tokenize_sft
     from app.train.data_cache import Cached, TokenCache, examples_for, fingerprint
 
+    if (separate := tracking.with_eval_dataset(job, tokenizer, prepare_data)) is not None:
+        return separate
     if job.stage in ROW_STAGES:  # conversational rows; the TRL trainer applies the chat template
         examples = examples_for(job)
         train, evaluation = split_eval(examples, job)
@@ -135,7 +138,7 @@ def trainer_arguments(job: JobConfig, output_dir: Path, has_eval: bool) -> dict:
         dataloader_num_workers=0,
         torch_compile=job.torch_compile,
         neftune_noise_alpha=job.neftune_noise_alpha if job.stage in ("sft", "pt") else None,
-    )
+    ) | tracking.trainer_arguments(job, output_dir, has_eval)
 
 
 def data_passes(job: JobConfig, n_rows: int) -> float:
@@ -181,7 +184,7 @@ def build_sft_trainer(job: JobConfig, model, tokenizer, data: Prepared, output_d
         packing=False,
     ))
     trainer = StudioSFTTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                               processing_class=tokenizer, callbacks=callbacks)
+                               processing_class=tokenizer, callbacks=callbacks + tracking.callbacks(job, callbacks))
     keep_trainable_fp32(trainer.model)
     return trainer
 
@@ -205,7 +208,8 @@ def build_dpo_trainer(job: JobConfig, model, tokenizer, data: Prepared, output_d
         **dpo_loss_arguments(job),
     ))
     trainer = StudioDPOTrainer(model=model, ref_model=None, args=args, train_dataset=data.train,
-                               eval_dataset=data.eval, processing_class=tokenizer, callbacks=callbacks)
+                               eval_dataset=data.eval, processing_class=tokenizer,
+                               callbacks=callbacks + tracking.callbacks(job, callbacks))
     keep_trainable_fp32(trainer.model)
     if trainer.ref_model is not None:  # TRL runs it under no_grad; frozen makes that a guarantee
         trainer.ref_model.requires_grad_(False)

@@ -17,11 +17,11 @@ import gradio as gr  # app/ui/__init__.py, run before this module, switched tele
 from app.jobs.manager import JobManager
 from app.ui.context import StudioContext
 from app.ui.i18n import LANGUAGES
-from app.ui.tabs import chat, dataset, export, model, train
+from app.ui.tabs import chat, dataset, evaluate, export, model, train
 
 TABS: tuple[tuple[str, Callable[[StudioContext], None]], ...] = (
-    ("model", model.build), ("dataset", dataset.build), ("train", train.build), ("chat", chat.build),
-    ("export", export.build),
+    ("model", model.build), ("dataset", dataset.build), ("train", train.build), ("evaluate", evaluate.build),
+    ("chat", chat.build), ("export", export.build),
 )
 CSS = """
 #studio-header { align-items: center; }

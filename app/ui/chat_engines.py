@@ -1,6 +1,7 @@
 """The Chat tab's models: one ChatEngine per base model for the whole UI process, adapters added on demand.
 
-Every browser session shares these engines, so the base is loaded once (on the first message) and
+Every browser session shares these engines (each batches concurrent requests, so sessions chat at the
+same time rather than in turn), so the base is loaded once (on the first message) and
 choosing another finished run only adds its LoRA adapter to the same engine (`set_adapter`, never a
 reload). A run trained again under the same name gets its new adapter loaded under a fresh engine name,
 so a chat never answers with stale weights. No gradio here.
@@ -12,10 +13,13 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # torch and transformers load only when someone chats
-    from app.chat.engine import ChatEngine
+# Imported here, in the thread that builds the UI: importing transformers' model classes for the first time
+# from a Gradio worker while another worker imports other parts of transformers can hand one of them a
+# half-initialised module ("cannot import name 'AutoModelForCausalLM'"). The studio loads torch and
+# transformers at start anyway; the model itself still loads only with the first message.
+from app.chat.engine import ChatEngine
 
 BASE = "__base__"  # the dropdown value that means "the base model, no adapter"
 
@@ -52,8 +56,6 @@ class EngineCache:
             loading = self._loading.setdefault(key, threading.Lock())
         with loading:  # a second session asking meanwhile waits for this load instead of doing its own
             if key not in self._entries:
-                from app.chat.engine import ChatEngine
-
                 self._entries[key] = _Entry(ChatEngine(key or None))
             return self._entries[key].engine
 

@@ -47,8 +47,11 @@ class ServerStatus:
         return f"http://{host}:{self.port}/v1"
 
 
-def api_command(python: str, model: str | None, adapters: list[tuple[str, str]], host: str, port: int) -> list[str]:
+def api_command(python: str, model: str | None, adapters: list[tuple[str, str]], host: str, port: int,
+                backend: str = "transformers") -> list[str]:
     cmd = [python, "-m", "app.cli", "api", "--host", host, "--port", str(port)]
+    if backend != "transformers":
+        cmd += ["--backend", backend]
     if model:
         cmd += ["--model", model]
     for name, path in adapters:
@@ -98,7 +101,7 @@ class ApiServer:
             return False
 
     def start(self, model: str | None, adapters: list[tuple[str, str]], host: str = "127.0.0.1", port: int = 8000,
-              api_key: str | None = None) -> ServerStatus:
+              api_key: str | None = None, backend: str = "transformers") -> ServerStatus:
         host = (host or "127.0.0.1").strip()
         if not 1 <= int(port) <= 65535:
             raise ServerError(f"Port {port} is not between 1 and 65535.")
@@ -111,8 +114,12 @@ class ApiServer:
                               "stop it first.")
         if not port_free(host, int(port)):
             raise ServerError(f"Port {port} on {host} is in use: choose another port.")
+        from app.chat.backends import backend_problem
+
+        if problem := backend_problem(backend, model):
+            raise ServerError(problem)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        cmd = api_command(self.python, model, adapters, host, int(port))
+        cmd = api_command(self.python, model, adapters, host, int(port), backend)
         env = os.environ | {"PYTHONUNBUFFERED": "1"}
         env.pop("FTSTUDIO_API_KEY", None)
         if api_key:
@@ -124,6 +131,7 @@ class ApiServer:
                                     start_new_session=True, cwd=os.getcwd(), env=env)
         record = {"pid": proc.pid, "pgid": proc.pid, "host": host, "port": int(port), "started": time.time(),
                   "models": [model or "SmolLM2-135M-Instruct"] + [n for n, _ in adapters], "has_key": bool(api_key),
+                  "backend": backend,
                   "command": cmd}
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")

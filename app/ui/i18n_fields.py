@@ -43,6 +43,11 @@ EN_LABELS = {
     "offload": "CPU offload",
     "deepspeed": "DeepSpeed config",
     "padding_free": "Padding-free batches",
+    "eval_dataset": "Eval datasets",
+    "early_stopping_steps": "Early stopping patience (evaluations)",
+    "load_best_model_at_end": "Load the best checkpoint at the end",
+    "metric_for_best_model": "Metric for the best model",
+    "report_to": "Report to (trackers)",
     "pref_loss": "Preference loss",
     "pref_beta": "Preference beta",
     "pref_ftx": "SFT loss weight (pref_ftx)",
@@ -114,6 +119,11 @@ ZH_LABELS = {
     "offload": "卸载到 CPU",
     "deepspeed": "DeepSpeed 配置",
     "padding_free": "无填充批次",
+    "eval_dataset": "评估数据集",
+    "early_stopping_steps": "早停耐心（评估次数）",
+    "load_best_model_at_end": "结束时加载最佳检查点",
+    "metric_for_best_model": "最佳模型指标",
+    "report_to": "实验跟踪",
     "pref_ftx": "SFT 损失权重 (pref_ftx)",
     "simpo_gamma": "SimPO gamma",
     "kto_chosen_weight": "KTO 正例权重",
@@ -237,6 +247,15 @@ ZH_HELP = {
                  "意味着使用 DeepSpeed 策略。",
     "padding_free": "把每个批次拼接成一条带行边界的序列：不在填充上浪费计算。关闭时按批内最长行填充。"
                     "（SFT 与预训练；DPO 总是填充。）",
+    "eval_dataset": "用于评估损失的数据集名称，用逗号分隔，代替按 val_size 划分验证集。",
+    "early_stopping_steps": "评估损失连续这么多次评估没有改善时停止训练（需要 val_size 或 eval_dataset）。",
+    "load_best_model_at_end": "训练结束时把评估损失最好的检查点作为本次运行的适配器"
+                              "（save_steps 必须是 eval_steps 的整数倍）。",
+    "metric_for_best_model": "load_best_model_at_end 与早停中“最佳”的含义：评估损失最低。",
+    "report_to": "实验跟踪工具，用逗号分隔：none；tensorboard（事件文件写入 <运行目录>/tensorboard）；"
+                 "wandb（离线写入 <运行目录>/wandb，除非设置了 WANDB_MODE 或 WANDB_API_KEY）；"
+                 "mlflow（写入 <运行目录>/mlruns，除非设置了 MLFLOW_TRACKING_URI）；"
+                 "以及已安装的 comet_ml、clearml、trackio、swanlab 等。",
 }
 
 ZH_GROUPS = {
@@ -249,6 +268,7 @@ ZH_GROUPS = {
     "dpo": "偏好优化 (DPO、KTO、ORPO、SimPO)",
     "grpo": "强化学习 (GRPO)",
     "distributed": "多 GPU",
+    "evaluation": "评估与实验跟踪",
     "advanced": "高级设置",
 }
 

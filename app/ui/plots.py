@@ -20,7 +20,7 @@ LOSS_COLUMNS = ["step", "loss", "series"]
 LR_COLUMNS = ["step", "lr"]
 LOSS_SERIES = ("train", "eval")
 COMPARE_COLUMNS = ["step", "loss", "run"]
-RUN_COLUMNS = ["name", "state", "stage", "method", "dataset", "step", "loss"]
+RUN_COLUMNS = ["name", "state", "stage", "method", "dataset", "step", "loss", "best"]
 PALETTE = ("#f97316", "#3b82f6", "#10b981", "#a855f7", "#ef4444", "#eab308", "#14b8a6", "#ec4899")
 
 
@@ -152,8 +152,20 @@ def runs_frame(summaries: list[RunSummary]) -> pd.DataFrame:
     for s in summaries:
         step = "" if s.step is None else f"{s.step}/{s.total_steps}" if s.total_steps else str(s.step)
         loss = "" if s.loss is None else f"{s.loss:.4f}"
-        rows.append([s.name, s.state, s.stage, s.method, s.dataset, step, loss])
+        rows.append([s.name, s.state, s.stage, s.method, s.dataset, step, loss, getattr(s, "best", "")])
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def with_best(summaries: list[RunSummary]) -> list[RunSummary]:
+    """Mark each run's best checkpoint (its newest `best` event: lowest eval loss with a checkpoint)."""
+    from pathlib import Path
+
+    from app.train.runfolder import EventLog
+
+    for s in summaries:
+        best = [e for e in EventLog(Path(s.path) / "events.jsonl").read_all() if e.get("kind") == "best"]
+        s.best = f"★ checkpoint-{best[-1]['step']} ({best[-1]['eval_loss']:.4f})" if best else ""  # type: ignore[attr-defined]
+    return summaries
 
 
 def memory_frame(estimate: Any) -> pd.DataFrame:

@@ -2,11 +2,14 @@
 side by side, the same prompt goes to two models and a verdict becomes a DPO row (app.ui.preference).
 
 Engines live in a process-wide cache (app.ui.chat_engines): the base loads on the first message and
-switching adapters never reloads it. Every failure shows as a status line, never as a traceback.
+switching adapters never reloads it. The engine batches: both side-by-side answers (and every other
+session's) decode together. Every failure shows as a status line, never as a traceback.
 """
 
 from __future__ import annotations
 
+import logging
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +29,7 @@ from app.ui.preference import (
     save_preference,
 )
 
+log = logging.getLogger(__name__)
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 
 STRINGS: dict[str, dict[str, str]] = {
@@ -83,7 +87,7 @@ STRINGS: dict[str, dict[str, str]] = {
                          "zh": "**{name}**：尚无数据；第一次选择时将注册到 dataset_info.json。"},
 }
 
-_streams: dict[str, Any] = {}  # session hash -> the StreamResult it is reading (for Stop)
+_streams: dict[str, list[Any]] = {}  # session hash -> the StreamResults it is reading (for Stop)
 _streams_lock = threading.Lock()
 
 
@@ -204,41 +208,55 @@ def build(ctx: StudioContext) -> None:
                                                                          runs=ctx.runs_dir)))
                 return
         notes: list[str] = []
+        streams: list[Any] = []
         try:
             if not ENGINES.loaded(base):
                 yield frame(ctx.t("chat.msg.loading", lang_, model=base or "SmolLM2-135M-Instruct"))
             engine = ENGINES.engine(base)
-            replies = []
-            for i, (run, history) in enumerate(sides):
+            targets = []
+            for run, _ in sides:
                 if run != BASE and not ENGINES.has_current(base, run, ctx.runs_dir / run):
-                    yield frame(" · ".join(notes + [ctx.t("chat.msg.loading_adapter", lang_, run=run)]))
-                target = ENGINES.target(base, run, ctx.runs_dir / run)
-                stream = engine.stream(prompt_messages(system_, history, text), model=target,
-                                       temperature=float(temp), top_p=float(top), max_new_tokens=int(max_tokens))
-                with _streams_lock:
-                    _streams[session] = stream
-                started = time.time()
-                working = " · ".join(notes + [ctx.t("chat.msg.generating", lang_, model=target)])
-                yield frame(working)
-                try:
-                    for delta in stream:
-                        shown[i][-1]["content"] += delta
+                    yield frame(ctx.t("chat.msg.loading_adapter", lang_, run=run))
+                targets.append(ENGINES.target(base, run, ctx.runs_dir / run))
+            # Both sides are submitted at once: the engine decodes them in one batch.
+            streams = [engine.stream(prompt_messages(system_, history, text), model=target, temperature=float(temp),
+                                     top_p=float(top), max_new_tokens=int(max_tokens))
+                       for target, (_, history) in zip(targets, sides)]
+            with _streams_lock:
+                _streams[session] = streams
+            events: queue.SimpleQueue = queue.SimpleQueue()
+            started = time.time()
+            for i, stream in enumerate(streams):
+                stream.listen(lambda event, i=i: events.put((i, event)))
+            working = ctx.t("chat.msg.generating", lang_, model=" + ".join(dict.fromkeys(targets)))
+            yield frame(working)
+            finished: dict[int, str] = {}
+            while len(finished) < len(streams):
+                i, (kind, value) = events.get()
+                if kind == "error":
+                    raise value
+                if kind == "delta":
+                    if value.text:
+                        shown[i][-1]["content"] += value.text
                         yield frame(working)
-                finally:
-                    stream.cancel()  # a closed generator (Stop, a closed tab) must not keep the model busy
-                    with _streams_lock:
-                        _streams.pop(session, None)
-                gen = stream.generation
+                    continue
                 seconds = time.time() - started
-                tokens = gen.completion_tokens if gen else 0
-                notes.append(ctx.t("chat.msg.done", lang_, model=target, tokens=tokens, seconds=seconds,
-                                   rate=tokens / max(seconds, 1e-6), reason=gen.finish_reason if gen else "?"))
-                replies.append(shown[i][-1]["content"])
+                finished[i] = ctx.t("chat.msg.done", lang_, model=targets[i], tokens=value.completion_tokens,
+                                    seconds=seconds, rate=value.completion_tokens / max(seconds, 1e-6),
+                                    reason=value.finish_reason)
+            notes = [finished[i] for i in range(len(streams))]
+            replies = [shown[i][-1]["content"] for i in range(len(streams))]
         except Exception as exc:  # noqa: BLE001 - model not found, adapter mismatch, too long: a message
+            log.warning("chat turn failed", exc_info=True)  # the traceback goes to the log, the UI gets one line
             # the failed turn is taken back (the text returns to the box) so the history stays well-formed
             error = " · ".join(notes + [ctx.t("chat.msg.error", lang_, error=_readable(exc))])
             yield text, hist_a, hist_b if comparing else gr.skip(), error, None
             return
+        finally:
+            for stream in streams:
+                stream.cancel()  # a closed generator (Stop, a closed tab) must not keep the model busy
+            with _streams_lock:
+                _streams.pop(session, None)
         record = None
         if comparing:
             record = {"prompt": text, "system": system_ or "", "models": [sides[0][0], sides[1][0]],
@@ -248,8 +266,8 @@ def build(ctx: StudioContext) -> None:
     def on_stop(request: gr.Request) -> None:
         with _streams_lock:
             stream = _streams.get(getattr(request, "session_hash", None) or "?")
-        if stream is not None:
-            stream.cancel()
+        for each in stream or []:
+            each.cancel()
 
     send_inputs = [message, bot_a, bot_b, compare, model_a, model_b, system, temperature, top_p, max_new, lang,
                    *ctx.model_inputs()]

@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 
 from app.ui.context import StudioContext, model_name
+from app.ui.eval_export import build_gguf_eval
 from app.ui.export_report import QUANT_CHOICES, default_output, error_markdown, report_markdown
 from app.ui.export_server import ApiServer, ServerError, ServerStatus, curl_example
 from app.ui.tabs.chat import finished_runs
@@ -48,6 +49,13 @@ STRINGS: dict[str, dict[str, str]] = {
                              "zh": "绑定非本机地址时必须设置 API 密钥。"},
     "export.api_port": {"en": "Port", "zh": "端口"},
     "export.api_key": {"en": "API key (optional on 127.0.0.1)", "zh": "API 密钥（本机可不填）"},
+    "export.api_backend": {"en": "Serving engine", "zh": "推理引擎"},
+    "export.api_backend.info": {
+        "en": "transformers: batched, CPU or GPU · vLLM: GPU, LoRA adapters · llama.cpp: a GGUF file",
+        "zh": "transformers：批处理，CPU/GPU · vLLM：GPU，支持 LoRA 适配器 · llama.cpp：GGUF 文件"},
+    "export.api_gguf": {"en": "GGUF file (llama.cpp)", "zh": "GGUF 文件（llama.cpp）"},
+    "export.api_gguf.info": {"en": "An exported .gguf; adapters are merged into it.",
+                             "zh": "已导出的 .gguf 文件；适配器已合并其中。"},
     "export.api_start": {"en": "Start server", "zh": "启动服务"},
     "export.api_stop": {"en": "Stop server", "zh": "停止服务"},
     "export.api_log": {"en": "Server log", "zh": "服务日志"},
@@ -101,6 +109,7 @@ def build(ctx: StudioContext) -> None:
     report = gr.Markdown("", elem_id="export-report")
     with ctx.make(gr.Accordion, "export.raw", open=False):
         raw = gr.JSON(elem_id="export-json")
+    build_gguf_eval(ctx, raw)  # after a GGUF export: its scores beside the merged model's (app.ui.eval_export)
 
     def on_refresh(current: str | None) -> Any:
         found = finished_runs(ctx)
@@ -163,6 +172,11 @@ def build_api(ctx: StudioContext, lang: Any) -> None:
             host = ctx.make(gr.Textbox, "export.api_host", value="127.0.0.1", scale=1, elem_id="api-host")
             port = ctx.make(gr.Number, "export.api_port", value=8000, precision=0, scale=1, elem_id="api-port")
             key = ctx.make(gr.Textbox, "export.api_key", value="", type="password", scale=2, elem_id="api-key")
+        with gr.Row(equal_height=True):
+            backend = ctx.make(gr.Dropdown, "export.api_backend", value="transformers", scale=2,
+                               choices=[("transformers", "transformers"), ("vLLM", "vllm"), ("llama.cpp", "llamacpp")],
+                               elem_id="api-backend")
+            gguf = ctx.make(gr.Textbox, "export.api_gguf", value="", scale=3, elem_id="api-gguf")
         with gr.Row():
             api_start = ctx.make(gr.Button, "export.api_start", variant="primary", elem_id="api-start")
             api_stop = ctx.make(gr.Button, "export.api_stop", variant="stop", elem_id="api-stop")
@@ -189,17 +203,18 @@ def build_api(ctx: StudioContext, lang: Any) -> None:
         event(on_load, [adapters, lang, *ctx.model_inputs()], load_outputs, show_progress="hidden", **PRIVATE)
     timer.tick(show, None, [status, log, timer], show_progress="hidden", **PRIVATE)
 
-    def on_start(chosen: list[str] | None, host_: str, port_: float | None, key_: str, src: str,
-                 where: str) -> tuple[str, str, Any]:
+    def on_start(chosen: list[str] | None, host_: str, port_: float | None, key_: str, engine: str, gguf_: str,
+                 src: str, where: str) -> tuple[str, str, Any]:
         found = set(finished_runs(ctx))
         missing = [c for c in chosen or [] if c not in found]
         if missing:
             return f"✗ Not finished runs: {', '.join(missing)} (press ↻ Runs).", gr.skip(), gr.skip()
         if src not in (None, "", "embedded") and not model_name(src, where):
             return "✗ Enter a model folder or hub id on the Model tab.", gr.skip(), gr.skip()
+        model = (gguf_ or "").strip() if engine == "llamacpp" else model_name(src, where)
         try:
-            server.start(model_name(src, where), [(c, str(ctx.runs_dir / c)) for c in chosen or []],
-                         host=host_, port=int(port_ or 0), api_key=(key_ or "").strip() or None)
+            server.start(model, [(c, str(ctx.runs_dir / c)) for c in chosen or []], host=host_,
+                         port=int(port_ or 0), api_key=(key_ or "").strip() or None, backend=engine or "transformers")
         except (ServerError, OSError, ValueError) as exc:
             return f"✗ {exc}", gr.skip(), gr.skip()
         return show()
@@ -209,6 +224,6 @@ def build_api(ctx: StudioContext, lang: Any) -> None:
         current = server.status()
         return status_markdown(current), server.log_tail(), gr.Timer(active=False)
 
-    api_start.click(on_start, [adapters, host, port, key, *ctx.model_inputs()], [status, log, timer],
+    api_start.click(on_start, [adapters, host, port, key, backend, gguf, *ctx.model_inputs()], [status, log, timer],
                     show_progress="hidden", **PRIVATE)
     api_stop.click(on_stop, None, [status, log, timer], show_progress="hidden", **PRIVATE)

@@ -57,7 +57,7 @@ class Monitor:
                     stamp.append((str(file), -1, -1))
         with self._lock:
             if self._cache is None or self._cache[0] != stamp:
-                self._cache = (stamp, self.ctx.manager.summaries())
+                self._cache = (stamp, plots.with_best(self.ctx.manager.summaries()))
             return self._cache[1]
 
     def _table(self, sig: str | None) -> tuple[Any, Any, Any, Any, bool, list[str]]:

@@ -1,0 +1,131 @@
+"""Shared by the serving tests: a uvicorn server on 127.0.0.1, a tiny random model, a gated fake backend."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from app.chat.backends.base import Delta, Generation, Load, Sampling, StreamResult
+
+# A Hermes-style template that renders tools and tool calls (as Qwen 2.5's and SmolLM3's do).
+TOOL_TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\nYou can call these functions: {{ tools | tojson }}\n"
+    "Answer with <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call>.<|im_end|>\n{%- endif %}"
+    "{%- for message in messages %}<|im_start|>{{ message.role }}\n"
+    "{%- if message.tool_calls %}{%- for call in message.tool_calls %}<tool_call>"
+    "{{ {'name': call.function.name, 'arguments': call.function.arguments} | tojson }}</tool_call>"
+    "{%- endfor %}{%- else %}{{ message.content }}{%- endif %}<|im_end|>\n{%- endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(app: Any) -> Iterator[str]:
+    """Yield the base URL of `app` served by uvicorn in a thread; stop it afterwards."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def tiny_model(folder: Path, template: str | None = None, seed: int = 0, context: int = 256) -> Path:
+    """A 2-layer random Llama with the embedded model's tokenizer: generation costs about a millisecond a token."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from app.models.source import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(None))
+    if template is not None:
+        tokenizer.chat_template = template
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+class _Tokenizer:
+    chat_template = "fake"
+    eos_token_id = 0
+
+    def decode(self, ids: list[int]) -> str:
+        return ""
+
+    def __call__(self, text: str) -> dict[str, list[int]]:
+        return {"input_ids": [1, 2, 3]}
+
+
+class FakeBackend:
+    """Generations that wait for `gate`, then say "Hel" "lo"; one runs at a time (max_batch 1)."""
+
+    base_name, kind = "fake", "fake"
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.cancelled: list[bool] = []
+        self.running = 0
+        self.waiting = 0
+        self._slot = threading.Lock()
+
+    def names(self) -> list[str]:
+        return ["fake"]
+
+    def is_adapter(self, name: str) -> bool:
+        return False
+
+    def tokenizer_for(self, model: str | None = None) -> Any:
+        return _Tokenizer()
+
+    def prompt_ids(self, messages: Any, model: str | None = None, tools: Any = None) -> list[int]:
+        return [1, 2, 3]
+
+    def load(self) -> Load:
+        return Load(self.running, self.waiting, 1)
+
+    def close(self) -> None:
+        self.gate.set()
+
+    def submit(self, prompt_ids: list[int], model: str | None, sampling: Sampling) -> StreamResult:
+        def work(result: StreamResult) -> None:
+            self.waiting += 1
+            with self._slot:
+                self.waiting -= 1
+                self.running += 1
+                try:
+                    self.gate.wait(30)
+                    if result.cancelled:
+                        self.cancelled.append(True)
+                        result.put("done", Generation("", 3, 0, "cancelled"))
+                        return
+                    for piece in ("Hel", "lo"):
+                        result.put("delta", Delta(piece))
+                    result.put("done", Generation("Hello", 3, 2, "stop"))
+                finally:
+                    self.running -= 1
+
+        def start(result: StreamResult) -> None:
+            threading.Thread(target=work, args=(result,), daemon=True).start()
+
+        return StreamResult(3, start, on_cancel=self.gate.set)
