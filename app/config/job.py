@@ -208,6 +208,15 @@ class JobConfig(Schema):
     deepspeed: str | None = param(
         None, "Path to a DeepSpeed JSON config (LLaMA-Factory's key); used as is instead of the generated "
         "ZeRO config. Implies a DeepSpeed strategy.", "distributed")
+    num_machines: int = param(
+        1, "Machines taking part (accelerate multi-node): start the same job on each, with its own "
+        "machine_rank; Preview command shows the line for every machine.", "distributed", minimum=1)
+    machine_rank: int = param(0, "This machine's rank among num_machines (0 = the main machine).", "distributed",
+                              minimum=0)
+    main_process_ip: str | None = param(
+        None, "Address of machine 0 that the other machines reach (multi-node).", "distributed")
+    main_process_port: int = param(29500, "Port on machine 0 for the rendezvous (multi-node).", "distributed",
+                                   minimum=1, maximum=65535)
     # evaluation and tracking
     early_stopping_steps: int | None = param(
         None, "Stop training when the eval loss has not improved for this many evaluations in a row (needs "
