@@ -41,9 +41,12 @@ def build_job(args: argparse.Namespace) -> JobConfig:
 
 
 def cmd_train(args) -> int:
+    from app.train.startup import skip_unused_imports
     from app.train.worker import run_job
 
-    return run_job(build_job(args))
+    job = build_job(args)
+    skip_unused_imports(job)  # this process runs this one job: no bitsandbytes unless it quantizes
+    return run_job(job)
 
 
 def cmd_continue(args) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from app.config import JobConfig
 from app.data.errors import DataError
-from app.data.validate import count_rows, val_size_problem
+from app.data.validate import val_size_problem
 from app.models.source import (
     EMBEDDED_ID,
     ModelSourceError,
@@ -23,6 +23,7 @@ from app.models.source import (
     is_embedded,
     looks_like_hub_id,
 )
+from app.train.data_cache import examples_for
 
 MAX_SHOWN = 20  # problems listed; the rest are counted
 
@@ -79,9 +80,9 @@ def preflight(job: JobConfig) -> list[str]:
     row), val_size against the row count, model path, template, files named by the job."""
     problems = [p for p in (model_problem(job.model_name_or_path), template_problem(job.template)) if p]
     problems += file_problems(job)
-    try:
-        rows, data_problems = count_rows(job.dataset_dir, job.datasets, job.stage, job.max_samples)
-    except DataError as exc:  # defensive: count_rows collects, but a catalogue read may still raise
+    try:  # parsed once per process: the worker's prepare_data reuses these rows (app.train.data_cache)
+        rows, data_problems = len(examples_for(job)), []
+    except DataError as exc:
         rows, data_problems = 0, exc.problems
     problems += [f"dataset: {p}" for p in data_problems]
     if not data_problems and job.stage != "pt":  # pre-training splits packed blocks, counted later

@@ -68,7 +68,8 @@ def run_job(job: JobConfig) -> int:
 
 def _validate(job: JobConfig, events, checked: bool = False) -> None:
     """Everything that can be checked before the model loads (datasets row by row, val_size, model path,
-    template): a ConfigError listing each problem, one line per key. `checked`: done already."""
+    template): a ConfigError listing each problem, one line per key. `checked`: done already. The
+    datasets are parsed once (app.train.data_cache): prepare_data reuses them."""
     events.append("stage", name="validating", message=f"checking datasets {job.dataset}")
     problems = [] if checked else preflight(job)
     if problems:
@@ -143,7 +144,7 @@ def _run_rank(job: JobConfig, run: RunFolder) -> int:
         log.error("rank %d failed:\n%s", distributed.rank(), traceback.format_exc())
     finally:
         restore_signals(previous)
-        if writer:
+        if distributed.is_local_main_process():  # rank 0; on other machines, their own first process
             run.write_state(rank_state=state, error=error)
     return code
 
@@ -155,10 +156,13 @@ def _train(job: JobConfig, run: RunFolder, events, ctx: RunContext) -> str:
     from app.models.source import resolve_model_path
     from app.train import distributed
     from app.train.callbacks import EventCallback
+    from app.train.kernels import resolve_precision
+    from app.train.memory_plan import plan_memory
     from app.train.model_setup import apply_method, count_parameters, load_model, load_tokenizer
     from app.train.recipes import BUILDERS, prepare_data
     from app.train.variants import apply_to_trainer
 
+    job = resolve_precision(job)  # bf16 by default on GPUs that have it
     events.append("stage", name="loading_model", message=f"loading model {job.model_name_or_path or 'embedded'}")
     model_dir = resolve_model_path(job.model_name_or_path,
                                    lambda msg: events.append("stage", name="loading_model", message=msg))
@@ -169,6 +173,9 @@ def _train(job: JobConfig, run: RunFolder, events, ctx: RunContext) -> str:
     events.append("stage", name="tokenizing", message=f"tokenized {data.message}", rows=data.n_rows)
     log.info("data: %s", data.message)
 
+    job, estimate, note, switched = plan_memory(job, model_dir, data.train, torch.cuda.is_available())
+    events.append("stage", name="memory", message=note, estimate_mb=round(estimate.total_mb) if estimate else None,
+                  gradient_checkpointing=job.gradient_checkpointing, **({"level": "warning"} if switched else {}))
     model = apply_method(job, load_model(job, model_dir, warn=lambda msg: events.append(
         "stage", name="loading_model", level="warning", message=msg)))
     trainable, total = count_parameters(model)
