@@ -10,7 +10,7 @@ PORT   ?= 7860
 export GRADIO_ANALYTICS_ENABLED = False
 export HF_HUB_DISABLE_TELEMETRY = 1
 
-.PHONY: studio test setup browser lint bench bench-lf gpu-check bench-export bench-api bench-eval gguf-quant clean
+.PHONY: studio test setup browser lint bench bench-lf gpu-check bench-export bench-api bench-eval bench-ui gguf-quant clean
 
 setup: $(STAMP)
 
@@ -57,6 +57,9 @@ bench-api: $(STAMP)
 
 bench-eval: $(STAMP)
 	$(PY) bench/eval_speed.py
+
+bench-ui: $(STAMP)
+	$(PY) bench/ui_overhead.py
 
 # Optional: K-quant GGUF (q4_k_m, q5_k_m, ...) and the llama.cpp fidelity backend. A 4-5 minute
 # compile on 2 cores. Not -march=native: that enables AMX, which some VMs do not, and then every

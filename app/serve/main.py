@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import sys
 from pathlib import Path
 
 from app.chat.adapters import AdapterError
 from app.models.source import ModelSourceError
-
-
-def is_loopback(host: str) -> bool:
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a hostname: it may resolve to anything
+from app.net import is_loopback
 
 
 def parse_adapter(spec: str) -> tuple[str, str]:

@@ -76,6 +76,8 @@ class EventCallback(TrainerCallback):
         if requested:
             control.should_save = True
             control.should_training_stop = True
+        if control.should_save:  # a checkpoint follows: a Stop must wait for it, not kill it mid-write
+            self.stop.saving(f"checkpoint-{state.global_step}")
         return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -123,6 +125,7 @@ class EventCallback(TrainerCallback):
             self.events.append("eval", step=state.global_step, **extra)
 
     def on_save(self, args, state, control, **kwargs):
+        self.stop.saving(None)
         if self.is_writer:
             path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             self.events.append("checkpoint", step=state.global_step, path=path)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import yaml
 
+from app.atomic import write_json_atomic, write_text_atomic
 from app.config import JobConfig
 
 log = logging.getLogger(__name__)
@@ -267,10 +268,9 @@ def write_launch_files(job: JobConfig, plan: Plan, run_path: Path) -> Path:
     """Write accelerate_config.yaml (and deepspeed_config.json when generated); returns the former."""
     if plan.strategy == "deepspeed" and not job.deepspeed:
         stage = int(job.distributed_strategy[-1])
-        (run_path / "deepspeed_config.json").write_text(json.dumps(deepspeed_config(job, stage), indent=2),
-                                                        encoding="utf-8")
+        write_json_atomic(run_path / "deepspeed_config.json", deepspeed_config(job, stage))
     path = run_path / "accelerate_config.yaml"
-    path.write_text(yaml.safe_dump(accelerate_config(job, plan, run_path), sort_keys=False), encoding="utf-8")
+    write_text_atomic(path, yaml.safe_dump(accelerate_config(job, plan, run_path), sort_keys=False))
     return path
 
 
