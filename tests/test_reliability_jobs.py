@@ -318,3 +318,16 @@ def test_the_best_checkpoint_comes_with_the_incremental_summary(tmp_path):
     assert plots.runs_frame(manager.summaries()).iloc[0]["best"] == "★ checkpoint-20 (1.2500)"
     run.events.append("best", step=30, eval_loss=1.0, path="checkpoint-30")
     assert manager.summaries()[0].best["step"] == 30
+
+
+def test_only_training_runs_resume(tmp_path):
+    from app.config import EvalConfig
+
+    manager = JobManager(tmp_path / "runs")
+    run = RunFolder(tmp_path / "runs" / "eval-1")
+    run.create(EvalConfig(output_dir=str(run.path)))
+    run.write_state(state="stopped")
+    assert run.kind == "eval"
+    with pytest.raises(RuntimeError, match="only training runs resume"):
+        manager.resume("eval-1")
+    assert run.read_state()["state"] == "stopped"  # nothing was queued

@@ -83,7 +83,11 @@ def _run(manager: JobManager, args: argparse.Namespace) -> int:
             print(f"runs resume: {args.name} is {state}; only a stopped or failed run can be resumed",
                   file=sys.stderr)
             return 2
-        run = manager.resume(args.name)
+        try:
+            run = manager.resume(args.name)
+        except RuntimeError as exc:
+            print(f"runs resume: {exc}", file=sys.stderr)
+            return 2
         print(f"{run.name}: {run.read_state().get('state')}")
         return 0
     # watch: the same loop as the studio's scheduler thread, in the foreground

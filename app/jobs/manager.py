@@ -77,6 +77,9 @@ class JobManager:
     def resume(self, name: str) -> RunFolder:
         """Continue a stopped or failed run from its newest complete checkpoint, same folder."""
         run = self.run(name)
+        if run.kind != "train":  # evaluations and generations have no checkpoints to continue from
+            raise RuntimeError(f"{name} is a '{run.kind}' run: only training runs resume from a checkpoint; "
+                               f"start a new one instead")
         job = run.job().replace(resume_from_checkpoint=True)
         return self.submit(job)
 

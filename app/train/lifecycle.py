@@ -159,4 +159,14 @@ def supervise(run: RunFolder, body: Callable[[RunContext], tuple[str, str | None
         run.events.append("done", state=state, error=error)
         run.write_state(state=state, ended=round(time.time(), 3), exit_code=code, error=error, saving=None)
         log.info("run %s: %s", run.name, state)
+        close_logging(run)
     return code
+
+
+def close_logging(run: RunFolder) -> None:
+    """Detach this run's worker.log, so a process that runs several jobs logs each into its own folder."""
+    root = logging.getLogger()
+    log_path = str(run.log_file.resolve())
+    for handler in [h for h in root.handlers if getattr(h, "baseFilename", None) == log_path]:
+        root.removeHandler(handler)
+        handler.close()
