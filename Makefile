@@ -10,7 +10,7 @@ PORT   ?= 7860
 export GRADIO_ANALYTICS_ENABLED = False
 export HF_HUB_DISABLE_TELEMETRY = 1
 
-.PHONY: studio test setup browser lint bench bench-export bench-api bench-eval gguf-quant clean
+.PHONY: studio test setup browser lint bench bench-lf gpu-check bench-export bench-api bench-eval bench-ui gguf-quant clean
 
 setup: $(STAMP)
 
@@ -36,10 +36,18 @@ test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs --durations=30 $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check app tests bench
+	$(VENV)/bin/ruff check app tests bench scripts
 
 bench: $(STAMP)
 	$(PY) bench/train_speed.py
+
+# The studio against LLaMA-Factory 0.9.5 on the same job (installs LF into .bench/lf-venv on first use).
+bench-lf: $(STAMP)
+	$(PY) bench/vs_llamafactory.py $(BENCH_ARGS)
+
+# GPU only (stops at once without CUDA): LoRA / QLoRA / full, kernels, DeepSpeed, DDP, vLLM, vs LF.
+gpu-check: $(STAMP)
+	$(PY) bench/gpu_check.py $(BENCH_ARGS)
 
 bench-export: $(STAMP)
 	$(PY) bench/export_gguf.py
@@ -49,6 +57,9 @@ bench-api: $(STAMP)
 
 bench-eval: $(STAMP)
 	$(PY) bench/eval_speed.py
+
+bench-ui: $(STAMP)
+	$(PY) bench/ui_overhead.py
 
 # Optional: K-quant GGUF (q4_k_m, q5_k_m, ...) and the llama.cpp fidelity backend. A 4-5 minute
 # compile on 2 cores. Not -march=native: that enables AMX, which some VMs do not, and then every

@@ -42,9 +42,12 @@ def build_job(args: argparse.Namespace) -> JobConfig:
 
 
 def cmd_train(args) -> int:
+    from app.train.startup import skip_unused_imports
     from app.train.worker import run_job
 
-    return run_job(build_job(args))
+    job = build_job(args)
+    skip_unused_imports(job)  # this process runs this one job: no bitsandbytes unless it quantizes
+    return run_job(job)
 
 
 def cmd_continue(args) -> int:
@@ -168,6 +171,11 @@ def cmd_webui(args) -> int:
     studio_thread_policy()  # before the UI imports torch
     from app.ui.app import webui_main
 
+    if args.stop_ceiling:  # settings the job manager and the Dataset tab read from the environment
+        os.environ["FTSTUDIO_STOP_CEILING_S"] = str(args.stop_ceiling)
+    if args.max_upload_mb:
+        os.environ["FTSTUDIO_MAX_UPLOAD_MB"] = str(args.max_upload_mb)
+
     return webui_main(host=args.host, port=args.port, auth=args.auth or os.environ.get("FTSTUDIO_AUTH"),
                       runs_dir=args.runs_dir, dataset_dir=args.dataset_dir, lang=args.lang)
 
@@ -183,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--runs-dir", default=os.environ.get("FTSTUDIO_RUNS", "runs"))
     web.add_argument("--dataset-dir", default=".", help="folder holding dataset_info.json")
     web.add_argument("--lang", choices=["en", "zh"], default=os.environ.get("FTSTUDIO_LANG", "en"))
+    web.add_argument("--stop-ceiling", type=float, default=None, metavar="SECONDS",
+                     help="longest wait after Stop while a run is still saving (or FTSTUDIO_STOP_CEILING_S)")
+    web.add_argument("--max-upload-mb", type=float, default=None, metavar="MB",
+                     help="largest file the Dataset tab accepts (or FTSTUDIO_MAX_UPLOAD_MB; default 200)")
     web.set_defaults(func=cmd_webui)
 
     _schema_parser(sub, JobConfig, "run one training job (a YAML job file and/or flags)",
@@ -257,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     met.add_argument("--port", type=int, default=9400)
     met.set_defaults(func=cmd_metrics)
 
+    from app.jobs.cli import add_parser as add_runs_parser
+
+    add_runs_parser(sub)
+
     data = sub.add_parser("data", help="dataset catalogue tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     check = data_sub.add_parser("check", help="validate datasets before training")
@@ -300,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     quiet_libraries()
     args = build_parser().parse_args(argv)
+    from app.user_errors import report_user_error
+
     try:
         return args.func(args)
     except ConfigError as exc:
@@ -307,6 +325,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a user mistake is one message; anything else is a bug and keeps its traceback
+        message = report_user_error(exc)
+        if message is None:
+            raise
+        print(f"ftstudio {args.command}: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

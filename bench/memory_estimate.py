@@ -3,7 +3,11 @@
     .venv/bin/python bench/memory_estimate.py [--methods lora,qlora,freeze,full] [--batch 2] [--cutoff 256]
                                               [--steps 3] [--model M]
 
-Each method trains `--steps` steps of continued pre-training on raw_text_demo through the worker's
+`identity` runs the README's demo job (examples/identity_lora.yaml, SFT on rows of mixed length) and
+compares the measured peak with both estimates: before tokenizing (every row cutoff_len long) and from
+the tokenized rows (the worker's `memory` stage event).
+
+Each other method trains `--steps` steps of continued pre-training on raw_text_demo through the worker's
 `run_job`, in a fresh child process. Pre-training packs the text into blocks of exactly cutoff_len
 tokens, so every row is full length: the estimate's assumption (it sizes activations for
 batch x cutoff_len real tokens, the worst case of a padding-free batch).
@@ -38,9 +42,19 @@ METHODS = {
 }
 
 
+IDENTITY_DEMO = REPO / "examples" / "identity_lora.yaml"
+
+
 def job_for(method: str, args, output_dir: str):
     from app.config import JobConfig
 
+    if method == "identity":  # the README's demo job, as a user runs it (a few steps of it)
+        from app.config.schema import read_yaml_mapping
+
+        data = read_yaml_mapping(IDENTITY_DEMO) | {"dataset_dir": str(REPO), "output_dir": output_dir,
+                                                    "max_steps": args.steps, "save_steps": 10_000,
+                                                    "eval_steps": 10_000, "val_size": 0.0, "logging_steps": 1}
+        return JobConfig.from_dict(data | ({"model_name_or_path": args.model} if args.model else {}))
     return JobConfig(model_name_or_path=args.model, stage="pt", dataset="raw_text_demo", dataset_dir=str(REPO),
                      cutoff_len=args.cutoff, per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
                      max_steps=args.steps, logging_steps=1, save_steps=10_000, learning_rate=1e-5,
@@ -94,7 +108,9 @@ def child(method: str, args) -> dict:
     stage_time = {e["name"]: e["t"] for e in events if e["kind"] == "stage"}
     logs = [e for e in events if e["kind"] == "log" and not e.get("final")]
     train_peak = sampler.peak_between(stage_time["training"], stage_time["saving"])
+    memory = next((e for e in events if e.get("name") == "memory"), {})
     result = {"method": method, "baseline_mb": baseline / 2**20, "peak_mb": train_peak / 2**20,
+              "data_estimate_mb": memory.get("estimate_mb"),
               "load_peak_mb": sampler.peak_between(stage_time["loading_model"], stage_time["training"]) / 2**20,
               "tokens_per_s": [e["tokens_per_s"] for e in logs if e.get("tokens_per_s")], "on_gpu": on_gpu}
     if on_gpu:
@@ -113,7 +129,8 @@ def estimate(method: str, args, on_gpu: bool):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="lora,qlora,freeze,full")
+    parser.add_argument("--methods", default="lora,qlora,freeze,full,identity",
+                        help="lora, qlora, freeze, full (pre-training, full-length rows) and identity (the demo job)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--cutoff", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3)
@@ -155,6 +172,13 @@ def main() -> None:
         print(f"{row['method']:8} {est['trainable_params']:>11,} {est['total_mb']:>10.0f} {row['peak_mb']:>9.0f} "
               f"{total_err:>+6.1f}% {model_part:>10.0f} {measured_delta:>9.0f} {delta_err:>+6.1f}% "
               f"{row['load_peak_mb']:>9.0f}")
+    demo = [row for row in rows if row["method"] == "identity"]
+    for row in demo:
+        worst, data, peak = row["estimate"]["total_mb"], row["data_estimate_mb"], row["peak_mb"]
+        print(f"\nidentity demo ({IDENTITY_DEMO.name}: batch 4, cutoff 256, LoRA r16 all linear): measured peak "
+              f"RSS {peak:.0f} MB; estimate before tokenizing (full-length rows) {worst:.0f} MB "
+              f"({100 * (worst - peak) / peak:+.0f}%), from the tokenized rows {data:.0f} MB "
+              f"({100 * (data - peak) / peak:+.0f}%)")
     print("\nest. model = weights + gradients + optimizer + activations (the estimate without its runtime overhead);"
           "\npeak-base = peak RSS while training minus RSS after imports (GPU: max_memory_allocated).")
     if args.json:

@@ -9,6 +9,8 @@ linear layer, lr 5e-4, the same seed and so the same batches. Modes:
 
   padding_free  the worker's default: each batch flattened into one sequence, no padding tokens
   padded        padding_free: false: rows padded to the longest row of their batch
+On CPU the worker runs one row per micro-batch (app/train/batching.py), so both modes train the same
+way there; they differ on a GPU. For the comparison with LLaMA-Factory, see bench/vs_llamafactory.py.
 
 Reported from the run's events.jsonl: real (non-padding) tokens/s after the first step (warm-up),
 seconds per step, and peak memory: the child's peak RSS sampled every 50 ms (CPU), or the worker's

@@ -168,3 +168,18 @@ def test_llamafactory_deepspeed_key_is_a_field(tmp_path):
     assert job.deepspeed == "examples/ds_z3.json" and job.distributed_strategy == "auto"
     resolved = job.replace(output_dir=str(tmp_path / "run")).with_run_folder()
     assert resolved.deepspeed.endswith("examples/ds_z3.json") and resolved.deepspeed.startswith("/")
+
+
+def test_a_text_field_whose_default_is_empty_survives_a_round_trip():
+    from dataclasses import dataclass
+
+    from app.config.schema import Schema, param
+
+    @dataclass
+    class Small(Schema):
+        note: str = param("", "Free text.", "basic")
+        name: str = param("x", "Must be given.", "basic")
+
+    assert Small().replace(name="y").note == ""
+    with pytest.raises(ConfigError, match="name: must not be empty"):
+        Small.from_dict({"name": ""})

@@ -146,3 +146,21 @@ def test_vllm_serves_base_and_adapter(tmp_path: Path):
         next(url, None)
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 1e-8, 1e-4, 0.7, 2.0])
+def test_sampling_never_yields_nan_probabilities(temperature: float):
+    # The fuzzer found a 500: a tiny temperature overflowed logits / T to inf and softmax gave NaN.
+    import torch
+
+    from app.chat.backends.base import Sampling
+    from app.chat.decoding import pick_token
+
+    logits = torch.tensor([30.0, 29.5, -5.0, float("-inf")])
+    generator = torch.Generator().manual_seed(0)
+    token = pick_token(logits, Sampling(temperature=temperature, top_p=0.9), generator)
+    assert token in (0, 1)
+    if temperature <= 1e-4:
+        assert token == 0  # that cold is greedy
+    masked = torch.full((4,), float("-inf"))
+    assert pick_token(masked, Sampling(temperature=temperature), generator) in range(4)

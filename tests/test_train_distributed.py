@@ -225,3 +225,69 @@ def test_single_process_reference_run(single_process_run):
     assert events[-1]["state"] == "finished"
     assert not (single_process_run.path / "accelerate_config.yaml").exists()  # no launcher for one process
     assert len(adapter_shapes(single_process_run.adapter)) == 2 * 7 * 2  # A and B, 7 linears, 2 layers
+
+
+# -- several machines --------------------------------------------------------------------------
+def test_multi_node_plan_config_and_preview(tmp_path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    job = JobConfig(num_machines=2, machine_rank=1, main_process_ip="10.0.0.5", main_process_port=29555,
+                    num_processes=4)
+    plan = plan_for(job, n_gpus=4)
+    assert plan == Plan("ddp", 8, True) and plan.needs_launch  # every machine's processes together
+    loaded = load_config_from_file(str(distributed.write_launch_files(job, plan, tmp_path)))
+    assert (loaded.num_machines, loaded.machine_rank, loaded.num_processes) == (2, 1, 8)
+    assert (loaded.main_process_ip, loaded.main_process_port) == ("10.0.0.5", 29555)
+    preview = job.command_line().splitlines()
+    assert preview[0].startswith("# on machine 0 of 2 (main: 10.0.0.5:29555)")
+    assert len(preview) == 4 and preview[2] == "# on machine 1 of 2"
+    assert "--machine_rank" not in preview[1] and "--machine_rank 1" in preview[3]
+    assert plan_for(JobConfig(num_machines=2, main_process_ip="h", num_processes=1), n_gpus=0).world_size == 2
+    with pytest.raises(Exception, match="main_process_ip"):
+        JobConfig.from_dict({"num_machines": 2})
+    with pytest.raises(Exception, match="machine_rank: must be below num_machines"):
+        JobConfig.from_dict({"num_machines": 2, "machine_rank": 2, "main_process_ip": "h"})
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_machines_on_loopback_train_one_job(tiny, tmp_path):
+    """Two `ftstudio train` commands, machine_rank 0 and 1, as on two hosts (gloo over 127.0.0.1)."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    procs, runs = [], []
+    for rank in (0, 1):
+        out = tmp_path / f"machine{rank}"
+        job = tiny_job(tiny, out, num_machines=2, machine_rank=rank, main_process_ip="127.0.0.1",
+                       main_process_port=port, num_processes=1, distributed_strategy="ddp", max_steps=4)
+        job_file = tmp_path / f"machine{rank}.yaml"
+        job.save(job_file)
+        log = open(tmp_path / f"machine{rank}.log", "wb")
+        procs.append(subprocess.Popen([sys.executable, "-m", "app.cli", "train", str(job_file)], stdout=log,
+                                      stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1],
+                                      env=os.environ | {"OMP_NUM_THREADS": "1"}))
+        runs.append(RunFolder(out))
+    try:
+        codes = [p.wait(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    logs = "\n".join((tmp_path / f"machine{r}.log").read_text(errors="replace")[-2000:] for r in (0, 1))
+    assert codes == [0, 0], logs
+    main, other = runs
+    assert main.read_state()["state"] == "finished" and other.read_state()["state"] == "finished", logs
+    events = main.events.read_all()
+    assert next(e for e in events if e.get("name") == "launching")["world_size"] == 2
+    assert [e["step"] for e in step_logs(events)] == [1, 2, 3, 4]  # machine 0's rank 0 reports every step
+    assert (main.adapter / "adapter_model.safetensors").is_file()
+    assert step_logs(other.events.read_all()) == []  # the other machine's ranks write no events

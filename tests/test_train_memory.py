@@ -49,7 +49,8 @@ def test_methods(info):
 def test_activations_scale_with_tokens_precision_and_checkpointing(info):
     base = est(info)
     assert est(info, cutoff_len=512).activations_mb == pytest.approx(2 * base.activations_mb)
-    assert base.tokens_per_step == 512
+    assert base.tokens_per_step == 256  # CPU: one row per micro-batch
+    assert est(info, on_gpu=True).tokens_per_step == 512  # GPU: the whole batch of 2
     assert est(info, gradient_checkpointing=True).activations_mb < base.activations_mb
     assert est(info, bf16=True).activations_mb < base.activations_mb
     assert est(info, stage="dpo").tokens_per_step == 2 * base.tokens_per_step  # chosen and rejected
@@ -75,3 +76,50 @@ def test_sharding_and_offload(info):
     # explicit arguments win over the job's fields (the UI passes the visible GPU count)
     assert estimate_memory(info, JobConfig(finetuning_type="full"), on_gpu=True, world_size=4,
                            zero_stage=3).weights_mb == pytest.approx(full.weights_mb / 4)
+
+
+def test_estimate_from_the_tokenized_rows(info):
+    from app.train.memory import largest_batch
+
+    rows = [(40, 10), (200, 150), (90, 30), (120, 100), (10, 5)]
+    job = JobConfig(cutoff_len=256, per_device_train_batch_size=2)
+    assert largest_batch(job, rows) == (200 + 120, 150 + 100)  # the two longest rows, flattened
+    assert largest_batch(job.replace(padding_free=False), rows) == (2 * 200, 250)  # padded to the longest
+    assert largest_batch(job, None) == (512, 512)  # before tokenizing: full-length rows
+    assert largest_batch(job, rows, on_gpu=False) == (200, 150)  # CPU: one row per micro-batch
+    worst, real = estimate_memory(info, job, on_gpu=False), estimate_memory(info, job, on_gpu=False, rows=rows)
+    assert real.from_data and not worst.from_data and real.tokens_per_step == 200
+    assert real.activations_mb < worst.activations_mb
+    # the head scores label tokens only: fewer labels, less memory at the same length
+    fewer_labels = estimate_memory(info, job, on_gpu=False, rows=[(n, 1) for n, _ in rows])
+    assert fewer_labels.activations_mb < real.activations_mb
+    assert estimate_memory(info, job, on_gpu=True, rows=rows).activations_mb < real.activations_mb  # fused head
+
+
+def test_gradient_checkpointing_only_when_the_job_would_not_fit(tmp_path):
+    from datasets import Dataset
+
+    from app.train.memory_plan import plan_memory
+
+    folder = make_tiny_model(tmp_path / "m")
+    train = Dataset.from_list([{"input_ids": list(range(n)), "completion_mask": [1] * n} for n in (50, 60, 70)])
+    job = JobConfig(cutoff_len=256, per_device_train_batch_size=2)
+    fits, estimate, message, switched = plan_memory(job, folder, train, on_gpu=False, free_mb=100_000)
+    assert not switched and not fits.gradient_checkpointing and "it fits" in message
+    assert estimate.tokens_per_step == 70 and "from the tokenized rows" in message
+    tight, smaller, message, switched = plan_memory(job, folder, train, on_gpu=False, free_mb=estimate.total_mb)
+    assert switched and tight.gradient_checkpointing and "turned on" in message
+    assert smaller.total_mb < estimate.total_mb
+    asked, _, message, switched = plan_memory(job.replace(gradient_checkpointing=True), folder, train, False, 1.0)
+    assert asked.gradient_checkpointing and not switched and "(asked)" in message
+
+
+def test_lora_on_some_layers_keeps_fewer_activations(info):
+    from app.train.memory import untrained_linear_inputs
+
+    all_linear, qv = JobConfig(lora_target="all"), JobConfig(lora_target="q_proj,v_proj")
+    assert untrained_linear_inputs(info, all_linear) == 0
+    assert untrained_linear_inputs(info, JobConfig(finetuning_type="full")) == 0
+    # q and v read the attention input; o, gate/up and down keep nothing when frozen
+    assert untrained_linear_inputs(info, qv) == 2 * info.hidden_size + info.intermediate_size
+    assert est(info, lora_target="q_proj,v_proj").activations_mb < est(info).activations_mb

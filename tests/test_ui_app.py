@@ -65,6 +65,7 @@ def test_monitor_rebuilds_and_follows_a_run(studio):
     for step in (6, 7, 8):
         run.events.append("log", step=step, total_steps=10, loss=2.0, lr=1e-4)
     run.write_state(state="running")  # no live pid: refresh() marks it failed, as after a crash
+    ctx.manager.refresh()  # what the studio's scheduler thread does every few seconds
     ticked = monitor.tick(view, "old-run", out["sig"])
     train = ticked[5][ticked[5].series == "train"]
     assert train.step.tolist()[-1] == 8 and ticked[4].offset > offset

@@ -49,7 +49,7 @@ def test_controls_follow_the_metadata():
     assert forms.control_kind("stage") == "dropdown"
     assert forms.control_kind("quantization_bit") == "dropdown"
     assert forms.choice_values("quantization_bit") == ["none", "4", "8"]
-    assert forms.control_kind("bf16") == "checkbox"
+    assert forms.control_kind("bf16") == "dropdown"  # none (automatic), True, False
     assert forms.control_kind("learning_rate") == "number"
     assert forms.control_kind("max_samples") == "textbox"  # optional number: empty means None
     assert forms.control_kind("dataset") == "multiselect"

@@ -37,11 +37,17 @@ class Detokenizer:
         return after[len(before):]
 
 
+MIN_TEMPERATURE = 1e-4
+
+
 def pick_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:
     """The next token from one row's (already constrained) logits."""
     if sampling.temperature <= 0 or sampling.top_p <= 0:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    # Below ~1e-4, logits / T overflows float32 (inf -> NaN probabilities); it is greedy by then anyway.
+    probs = torch.softmax(logits.float() / max(sampling.temperature, MIN_TEMPERATURE), dim=-1)
+    if not bool(torch.isfinite(probs).all()):  # e.g. a constraint that masked every token
+        return int(torch.argmax(logits))
     if sampling.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < sampling.top_p  # always keeps the first

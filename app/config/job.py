@@ -31,6 +31,7 @@ PREF_LOSSES = ("sigmoid", "ipo", "hinge", "orpo", "simpo")
 REWARD_BUILTINS = ("exact_match", "format", "length", "reward_model", "judge")
 ROPE_SCALINGS = (None, "linear", "dynamic", "yarn", "llama3")
 DISTRIBUTED_STRATEGIES = ("auto", "none", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3")
+ATTENTION_KERNELS = ("auto", "disabled", "sdpa", "fa2")  # LLaMA-Factory's flash_attn values
 
 GROUPS = {
     "model": "Model",
@@ -67,7 +68,7 @@ UNSUPPORTED_KEYS = {
     "additional_target": "additional_target is not supported yet",
     "create_new_adapter": "create_new_adapter is not supported yet",
     "ref_model": "a separate DPO reference model is not supported (LoRA uses the base, full a frozen copy)",
-    "enable_liger_kernel": "Liger kernels are not supported yet",
+    "eval_dataset": "a separate eval dataset is not supported yet (use val_size)",
     "image_max_pixels": "multimodal training is not supported",
     "freeze_vision_tower": "multimodal training is not supported",
     "tool_format": "tool-call formats are not supported yet",
@@ -79,7 +80,7 @@ IGNORED_KEYS = frozenset({
     "do_train", "do_eval", "do_predict", "plot_loss", "overwrite_output_dir", "overwrite_cache",
     "preprocessing_num_workers", "dataloader_num_workers", "ddp_timeout", "logging_dir",
     "run_name", "save_only_model", "eval_strategy", "save_strategy", "logging_strategy",
-    "flash_attn", "per_device_eval_batch_size", "trust_remote_code", "disable_tqdm",
+    "per_device_eval_batch_size", "trust_remote_code", "disable_tqdm",
 })
 
 
@@ -131,7 +132,9 @@ class JobConfig(Schema):
     warmup_ratio: float = param(0.0, "Fraction of steps spent warming the learning rate up.", "basic",
                                 minimum=0, maximum=1)
     max_grad_norm: float = param(1.0, "Clip gradients to this norm (0 = no clipping).", "basic", minimum=0)
-    bf16: bool = param(False, "Train in bfloat16 mixed precision (Ampere+ GPUs).", "basic")
+    bf16: bool | None = param(None, "Train in bfloat16 mixed precision. Empty (none) = automatic: on a GPU with "
+                              "bfloat16 (Ampere and newer) unless fp16 is on; float32 on CPU.", "basic",
+                              (None, True, False))
     fp16: bool = param(False, "Train in float16 mixed precision (older GPUs).", "basic")
     # LoRA
     lora_rank: int = param(8, "LoRA rank r.", "lora", minimum=1)
@@ -198,13 +201,22 @@ class JobConfig(Schema):
         "and optimizer sharded across GPUs; deepspeed_zero2 / deepspeed_zero3: DeepSpeed ZeRO (needs "
         "`pip install deepspeed`).", "distributed", DISTRIBUTED_STRATEGIES)
     num_processes: int | None = param(
-        None, "Training processes (one per GPU); empty = every visible GPU. On a machine without a GPU, "
+        None, "Training processes per machine (one per GPU); empty = every visible GPU. On a machine without a GPU, "
         "a number > 1 with ddp or fsdp runs that many CPU processes.", "distributed", minimum=1)
     offload: bool = param(False, "Keep optimizer states (and, with fsdp / ZeRO-3, parameters) in CPU memory: "
                           "less GPU memory, slower steps.", "distributed")
     deepspeed: str | None = param(
         None, "Path to a DeepSpeed JSON config (LLaMA-Factory's key); used as is instead of the generated "
         "ZeRO config. Implies a DeepSpeed strategy.", "distributed")
+    num_machines: int = param(
+        1, "Machines taking part (accelerate multi-node): start the same job on each, with its own "
+        "machine_rank; Preview command shows the line for every machine.", "distributed", minimum=1)
+    machine_rank: int = param(0, "This machine's rank among num_machines (0 = the main machine).", "distributed",
+                              minimum=0)
+    main_process_ip: str | None = param(
+        None, "Address of machine 0 that the other machines reach (multi-node).", "distributed")
+    main_process_port: int = param(29500, "Port on machine 0 for the rendezvous (multi-node).", "distributed",
+                                   minimum=1, maximum=65535)
     # evaluation and tracking
     early_stopping_steps: int | None = param(
         None, "Stop training when the eval loss has not improved for this many evaluations in a row (needs "
@@ -237,6 +249,16 @@ class JobConfig(Schema):
     padding_free: bool = param(True, "Flatten each batch into one sequence with per-row boundaries: no compute "
                                "spent on padding. Off: rows are padded to the longest in the batch. (SFT and "
                                "pre-training; DPO always pads.)", "advanced")
+    flash_attn: str = param(
+        "auto", "Attention kernel: auto (FlashAttention-2 for padding-free batches on a CUDA GPU when the "
+        "flash-attn package is installed, else PyTorch SDPA), disabled (eager), sdpa, fa2.", "advanced",
+        ATTENTION_KERNELS)
+    enable_liger_kernel: bool = param(
+        False, "Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU) on a CUDA GPU (pip install liger-kernel); "
+        "ignored on CPU. The loss head is always fused on GPU.", "advanced")
+    torch_compile: bool = param(
+        False, "Compile the model with torch.compile: a one-off compile time for faster steps on long GPU runs "
+        "(rows of new lengths recompile; not worth it for short runs).", "advanced")
     logging_steps: int = param(5, "Log loss every N steps.", "advanced", minimum=1)
     save_steps: int = param(50, "Save a checkpoint every N steps.", "advanced", minimum=1)
     eval_steps: int | None = param(None, "Eval every N steps (empty = save_steps).", "advanced", minimum=1)
@@ -269,6 +291,10 @@ class JobConfig(Schema):
         if self.quantization_bit is not None and self.distributed_strategy in ("fsdp", "deepspeed_zero3"):
             problems.append(f"quantization_bit: QLoRA cannot be sharded with {self.distributed_strategy}; "
                             f"use ddp or deepspeed_zero2")
+        if self.machine_rank >= self.num_machines:
+            problems.append(f"machine_rank: must be below num_machines ({self.num_machines}), got {self.machine_rank}")
+        if self.num_machines > 1 and not self.main_process_ip:
+            problems.append("main_process_ip: multi-node training needs the address of machine 0")
         if not [d for d in self.datasets if d]:
             problems.append("dataset: name at least one catalogue dataset")
         if self.val_size >= 1 and not float(self.val_size).is_integer():
@@ -351,6 +377,20 @@ class JobConfig(Schema):
     @property
     def lora_alpha_value(self) -> int:
         return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank
+
+    def command_line(self) -> str:
+        """The CLI line; with several machines, one line per machine (each with its machine_rank)."""
+        if self.num_machines <= 1:
+            return super().command_line()
+        lines = []
+        for rank in range(self.num_machines):
+            where = f" (main: {self.main_process_ip}:{self.main_process_port})" if rank == 0 else ""
+            lines += [f"# on machine {rank} of {self.num_machines}{where}",
+                      self.replace(machine_rank=rank).command_line_single()]
+        return "\n".join(lines)
+
+    def command_line_single(self) -> str:
+        return super().command_line()
 
     def with_run_folder(self, runs_root: str | Path = "runs") -> JobConfig:
         """A copy whose output_dir and dataset_dir are absolute, naming a new run when empty."""

@@ -108,6 +108,8 @@ class Schema:
         if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "null", "none")):
             if cls.optional(key):
                 return None
+            if kind is str and cls.spec()[key].default == "" and isinstance(raw, str) and not raw.strip():
+                return ""  # a text field whose default is empty text may be empty
             raise ValueError("must not be empty")
         if kind is object:  # a union such as bool | str: the subclass decides
             return cls.coerce_union(key, raw)

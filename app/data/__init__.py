@@ -7,7 +7,14 @@ from app.data.catalogue import DatasetSpec, load_catalogue, register_dataset
 from app.data.errors import DataError, Problem
 from app.data.formats import load_examples
 from app.data.render import RenderStats, resolve_template, to_dpo_rows, tokenize_pt, tokenize_sft
-from app.data.validate import check_datasets, load_datasets, main_check, validate_or_raise
+from app.data.validate import (
+    check_datasets,
+    count_rows,
+    load_datasets,
+    main_check,
+    val_size_problem,
+    validate_or_raise,
+)
 
 __all__ = [
     "DataError",
@@ -15,6 +22,7 @@ __all__ = [
     "Problem",
     "RenderStats",
     "check_datasets",
+    "count_rows",
     "load_catalogue",
     "load_datasets",
     "load_examples",
@@ -24,5 +32,6 @@ __all__ = [
     "to_dpo_rows",
     "tokenize_pt",
     "tokenize_sft",
+    "val_size_problem",
     "validate_or_raise",
 ]

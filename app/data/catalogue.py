@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.atomic import write_json_atomic
 from app.data.errors import DataError, Problem, display_path
 
 CATALOGUE_NAME = "dataset_info.json"
@@ -88,12 +88,17 @@ class DatasetSpec:
             return False
         if self.file_name and _all_txt(self.path, self.file_name):
             return True
-        explicit = {k for k, v in (self.raw.get("columns") or {}).items() if v}
+        explicit = {k for k, v in self._raw_columns().items() if v}
         return explicit in ({"prompt"}, {"text"})
+
+    def _raw_columns(self) -> dict[str, Any]:
+        """The entry's own `columns` (an empty mapping when it is not one: that is reported as a problem)."""
+        columns = self.raw.get("columns")
+        return columns if isinstance(columns, dict) else {}
 
     @property
     def text_column(self) -> str:
-        explicit = self.raw.get("columns") or {}
+        explicit = self._raw_columns()
         return explicit.get("text") or explicit.get("prompt") or "text"
 
     @property
@@ -253,22 +258,6 @@ def resolve_inside(dataset_dir: Path, file_name: str) -> Path | None:
     return path if root in path.parents else None
 
 
-def _atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file in the same folder and os.replace it: readers never see half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _reserve_unique(folder: Path, file_name: str) -> Path:
     """Create an empty file named like `file_name` in `folder` that did not exist before (name_1.json...)."""
     stem, suffix = Path(file_name).stem or "dataset", Path(file_name).suffix
@@ -344,7 +333,7 @@ def register_dataset(
         entry["file_name"] = f"data/{target.name}"
         catalogue = dict(existing)
         catalogue[name] = entry  # replacing keeps the key's position; a new key goes last
-        _atomic_write_json(folder / CATALOGUE_NAME, catalogue)
+        write_json_atomic(folder / CATALOGUE_NAME, catalogue)
     except BaseException:
         target.unlink(missing_ok=True)
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from typing import Any, TextIO
@@ -59,6 +60,44 @@ def check_datasets(dataset_dir: str | os.PathLike[str], names: list[str], stage:
         except DataError as e:
             problems += e.problems
     return problems
+
+
+def count_rows(
+    dataset_dir: str | os.PathLike[str], names: list[str], stage: str | None, max_samples: int | None = None
+) -> tuple[int, list[Problem]]:
+    """(usable rows over every named dataset for `stage`, after max_samples per set; every problem)."""
+    try:
+        specs = load_catalogue(dataset_dir)
+    except DataError as e:
+        return 0, e.problems
+    problems: list[Problem] = []
+    rows = 0
+    if not names:
+        problems.append(Problem(display_path(dataset_dir), None, None, "no dataset selected"))
+    for name in names:
+        if name not in specs:
+            problems.append(_unknown(dataset_dir, name, specs))
+            continue
+        spec = specs[name]
+        try:
+            rows += len(load_examples(spec, stage or spec.stage, max_samples))
+        except DataError as e:
+            problems += e.problems
+    return rows, cap_problems(problems)
+
+
+def val_size_problem(val_size: float, rows: int) -> str | None:
+    """Why `val_size` cannot split `rows` rows into a training and an eval part (None when it can)."""
+    if not val_size:
+        return None
+    if rows < 2:
+        return f"val_size: {val_size:g} needs at least 2 rows to split, the datasets have {rows}"
+    if val_size >= 1 and int(val_size) >= rows:
+        return (f"val_size: {int(val_size)} eval rows leave no training rows out of {rows} "
+                f"(use a count below {rows}, or a fraction such as 0.1)")
+    if val_size < 1 and rows - math.ceil(val_size * rows) < 1:
+        return f"val_size: {val_size:g} of {rows} rows leaves no training rows"
+    return None
 
 
 def validate_or_raise(dataset_dir: str | os.PathLike[str], names: list[str], stage: str | None) -> None:

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from app.atomic import write_text_atomic
 from app.export.errors import ExportError, Progress, report
 
 TOKENIZER_FILES = (
@@ -100,7 +101,7 @@ def copy_tokenizer(sources: list[Path], output_dir: Path) -> Path:
             shutil.copy2(template_src / "chat_template.jinja", output_dir / "chat_template.jinja")
         elif template_src is not None:
             tokenizer_config = json.loads((template_src / "tokenizer_config.json").read_text(encoding="utf-8"))
-            (output_dir / "chat_template.jinja").write_text(tokenizer_config["chat_template"], encoding="utf-8")
+            write_text_atomic(output_dir / "chat_template.jinja", tokenizer_config["chat_template"])
     return tokenizer_src
 
 
@@ -108,7 +109,7 @@ def _strip_quantization_config(output_dir: Path) -> None:
     path = output_dir / "config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     if config.pop("quantization_config", None) is not None:
-        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        write_text_atomic(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _adapter_vocab_rows(adapter_dir: Path) -> int:

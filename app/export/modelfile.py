@@ -11,6 +11,8 @@ import os
 import re
 from pathlib import Path
 
+from app.atomic import write_text_atomic
+
 CHATML = """{{- if .System }}<|im_start|>system
 {{ .System }}<|im_end|>
 {{ end }}
@@ -145,5 +147,5 @@ def write_modelfile(
     if not relative.startswith((".", os.sep)):
         relative = "./" + relative
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(modelfile_text(relative, chat_template, system, stop), encoding="utf-8")
+    write_text_atomic(out_path, modelfile_text(relative, chat_template, system, stop))
     return out_path

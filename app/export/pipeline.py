@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from app.atomic import write_json_atomic
 from app.export import llamacpp
 from app.export.errors import ExportError, Progress, report, scaled
 from app.export.fidelity import check_fidelity
@@ -87,7 +88,7 @@ def _files(output_dir: Path) -> list[dict[str, Any]]:
 def _write_report(output_dir: Path, data: dict[str, Any]) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     data["files"] = _files(output_dir)
-    (output_dir / REPORT_NAME).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json_atomic(output_dir / REPORT_NAME, data)
 
 
 def export(
@@ -134,7 +135,7 @@ def export(
         data["error"] = f"{type(exc).__name__}: {exc}"
         _write_report(out, data)
         raise
-    if not data["passed"]:
+    if data["passed"] is False:
         fid = data["fidelity"]
         data["error"] = (
             f"GGUF {quant} failed its fidelity check: top-1 agreement {fid['agreement']:.2%} < target "
@@ -211,6 +212,6 @@ def _run(
                 f"llama.cpp splits the check texts into other tokens than the HF tokenizer (pre-tokenizer "
                 f"{data['gguf']['pre_tokenizer']!r}): prompts may tokenize differently than in training"
             )
-    else:
-        data["passed"] = True
-        data["fidelity"] = {"skipped": True}
+    else:  # no check ran: say so, never "passed"
+        data["passed"] = None
+        data["fidelity"] = {"skipped": True, "result": "not checked"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -11,15 +10,7 @@ from app.chat.adapters import AdapterError
 from app.config import ConfigError
 from app.loop.history import LoopError
 from app.models.source import ModelSourceError
-
-
-def is_loopback(host: str) -> bool:
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a hostname: it may resolve to anything
+from app.net import is_loopback
 
 
 def parse_adapter(spec: str) -> tuple[str, str]:

@@ -2,19 +2,20 @@
 
 Event schema (events.jsonl; every line also has "t" and "kind"; new keys may appear, none is renamed):
 
-    stage       name (validating | launching | loading_model | tokenizing | model_ready | training | saving),
+    stage       name (validating | launching | loading_model | tokenizing | memory | model_ready | training |
+                saving),
                 message; optional: level ("warning"), rows, trainable_params, total_params, device,
-                world_size, strategy, resumed_from
+                world_size, strategy, resumed_from, estimate_mb and gradient_checkpointing (memory)
     log         step, total_steps, epoch, loss, lr, grad_norm, tokens_per_s (real, non-padding tokens
                 per second over all processes, since the previous log), tokens (real tokens trained so
                 far), eta_s, mem_mb (this process: peak GPU memory, or RSS on CPU);
                 final: true on the Trainer's closing summary (train_loss, no loss).
                 Extra numbers a trainer reports ride along, "/" turned into "_":
-                  SFT / PT: entropy, mean_token_accuracy
+                  SFT / PT: none (the entropy and token accuracy TRL computes each step are skipped)
                   DPO:      rewards_chosen, rewards_rejected (beta x policy-minus-reference log-prob of the
                             chosen / rejected answer), rewards_margins (chosen - rejected),
                             rewards_accuracies (share of pairs with chosen > rejected), logps_chosen,
-                            logps_rejected, logits_chosen, logits_rejected, entropy, mean_token_accuracy
+                            logps_rejected (entropy, token accuracy and mean logits are not computed)
                   ORPO:     + log_odds_ratio, log_odds_chosen, nll_loss; SimPO: + nll_loss
                   KTO:      kl, rewards_chosen / rewards_rejected / rewards_margins (when both kinds are in a batch)
                   rm:       accuracy (pairs ranked right), margin, min_reward, mean_reward, max_reward
@@ -75,6 +76,8 @@ class EventCallback(TrainerCallback):
         if requested:
             control.should_save = True
             control.should_training_stop = True
+        if control.should_save:  # a checkpoint follows: a Stop must wait for it, not kill it mid-write
+            self.stop.saving(f"checkpoint-{state.global_step}")
         return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -122,6 +125,7 @@ class EventCallback(TrainerCallback):
             self.events.append("eval", step=state.global_step, **extra)
 
     def on_save(self, args, state, control, **kwargs):
+        self.stop.saving(None)
         if self.is_writer:
             path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             self.events.append("checkpoint", step=state.global_step, path=path)

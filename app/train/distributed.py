@@ -10,6 +10,12 @@ Rank 0 alone writes events.jsonl and state.json. SIGTERM reaches every rank (and
 which forwards it and waits); the ranks OR their stop flags at every step end, so all of them stop
 after the same step, save one checkpoint together and exit.
 
+Several machines (`num_machines` > 1): the same command runs on each machine with its own
+`machine_rank` (JobConfig.command_line prints them all); each writes its accelerate config with
+`main_process_ip` / `main_process_port` of machine 0, and accelerate's launcher (torchrun, static
+rendezvous) joins them. Machine 0's rank 0 writes the events; every other machine's leader records
+its own ranks' outcome in its own run folder (give each machine its own output_dir on a shared disk).
+
 On a machine without a GPU, `num_processes: 2` with ddp or fsdp runs two CPU processes (gloo):
 accelerate only shards on accelerators, so for fsdp on CPU the rank switches its Accelerator state
 to FSDP itself (`force_fsdp_on_cpu`). That path exists for tests of the launch/stop machinery.
@@ -26,6 +32,7 @@ from pathlib import Path
 
 import yaml
 
+from app.atomic import write_json_atomic, write_text_atomic
 from app.config import JobConfig
 
 log = logging.getLogger(__name__)
@@ -74,16 +81,20 @@ def plan_for(job: JobConfig, n_gpus: int | None = None) -> Plan:
     """Resolve `auto`, the world size and the device for a job (n_gpus: visible CUDA devices)."""
     n_gpus = visible_gpus() if n_gpus is None else n_gpus
     strategy = job.distributed_strategy
+    machines = job.num_machines
     if strategy == "auto":
         strategy = "deepspeed" if job.deepspeed else (
-            "ddp" if (job.num_processes or n_gpus) > 1 else "none")
+            "ddp" if (job.num_processes or n_gpus) > 1 or machines > 1 else "none")
     elif strategy.startswith("deepspeed"):
         strategy = "deepspeed"
     if strategy == "none":
+        if machines > 1:
+            raise DistributedError("distributed_strategy none: several machines need ddp, fsdp or DeepSpeed")
         return Plan("none", 1, n_gpus > 0)
-    world = job.num_processes or max(n_gpus, 1)
-    if n_gpus and world > n_gpus:
-        raise DistributedError(f"num_processes: {world} processes need {world} GPUs, {n_gpus} visible")
+    local = job.num_processes or max(n_gpus, 1)
+    if n_gpus and local > n_gpus:
+        raise DistributedError(f"num_processes: {local} processes need {local} GPUs, {n_gpus} visible")
+    world = local * machines  # accelerate counts the processes of every machine
     if strategy == "deepspeed":
         if importlib.util.find_spec("deepspeed") is None:
             raise DistributedError(DEEPSPEED_MISSING.format(strategy=job.distributed_strategy))
@@ -109,6 +120,11 @@ def world_size() -> int:
 
 def is_main_process() -> bool:
     return rank() == 0
+
+
+def is_local_main_process() -> bool:
+    """The first process of this machine: it reports the machine's outcome to the local leader."""
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0
 
 
 def any_rank(flag: bool, device=None) -> bool:
@@ -208,15 +224,18 @@ def deepspeed_file(job: JobConfig, run_path: Path) -> Path | None:
 def accelerate_config(job: JobConfig, plan: Plan, run_path: Path) -> dict:
     """What `accelerate launch --config_file` reads. CPU ranks use the multi-GPU launcher (torchrun)
     too: accelerate's MULTI_CPU launcher needs mpirun; the ranks then pick gloo themselves."""
-    mixed = "bf16" if job.bf16 else "fp16" if job.fp16 else "no"
+    from app.train.kernels import default_bf16
+
+    mixed = "bf16" if default_bf16(job) else "fp16" if job.fp16 else "no"
     config: dict = {
         "compute_environment": "LOCAL_MACHINE",
         "distributed_type": "MULTI_GPU",
-        "num_machines": 1,
-        "machine_rank": 0,
-        "num_processes": plan.world_size,
+        "num_machines": job.num_machines,
+        "machine_rank": job.machine_rank,
+        "num_processes": plan.world_size,  # every machine's processes together
         "gpu_ids": "all",
-        "main_process_port": 0,  # a free port: several runs may launch on one machine
+        # one machine: a free port (several runs may launch on one machine); several: the agreed address
+        "main_process_port": job.main_process_port if job.num_machines > 1 else 0,
         "mixed_precision": mixed,
         "use_cpu": False,
         "rdzv_backend": "static",
@@ -224,6 +243,8 @@ def accelerate_config(job: JobConfig, plan: Plan, run_path: Path) -> dict:
         "downcast_bf16": "no",
         "debug": False,
     }
+    if job.num_machines > 1:
+        config["main_process_ip"] = job.main_process_ip
     if plan.strategy == "fsdp":
         config["distributed_type"] = "FSDP"
         config["fsdp_config"] = {
@@ -247,10 +268,9 @@ def write_launch_files(job: JobConfig, plan: Plan, run_path: Path) -> Path:
     """Write accelerate_config.yaml (and deepspeed_config.json when generated); returns the former."""
     if plan.strategy == "deepspeed" and not job.deepspeed:
         stage = int(job.distributed_strategy[-1])
-        (run_path / "deepspeed_config.json").write_text(json.dumps(deepspeed_config(job, stage), indent=2),
-                                                        encoding="utf-8")
+        write_json_atomic(run_path / "deepspeed_config.json", deepspeed_config(job, stage))
     path = run_path / "accelerate_config.yaml"
-    path.write_text(yaml.safe_dump(accelerate_config(job, plan, run_path), sort_keys=False), encoding="utf-8")
+    write_text_atomic(path, yaml.safe_dump(accelerate_config(job, plan, run_path), sort_keys=False))
     return path
 
 

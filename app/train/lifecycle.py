@@ -20,10 +20,12 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from app.train.runfolder import RunFolder
+from app.user_errors import is_no_space, report_user_error
 
 log = logging.getLogger("ftstudio.worker")
 
@@ -33,21 +35,45 @@ class StopRequested(Exception):
 
 
 class StopFlag:
-    """Set from a SIGTERM handler; read by the body (the trainer callback) at its next safe point."""
+    """Set from a SIGTERM handler; read by the body (the trainer callback) at its next safe point.
+
+    The body also reports here when it starts and ends writing a checkpoint (`saving("checkpoint-40")`,
+    `saving(None)`): the run's state.json then carries `saving`, and the manager's Stop waits for it
+    instead of killing the process mid-save.
+    """
 
     def __init__(self) -> None:
         self.requested = False
+        self.report_saving: Callable[[str | None], None] = lambda what: None
+
+    def saving(self, what: str | None) -> None:
+        self.report_saving(what)
 
 
 class RunContext:
     """What a body gets: the run folder, its event log and the stop flag."""
 
-    def __init__(self, run: RunFolder):
+    def __init__(self, run: RunFolder, writes_state: bool = True):
         self.run = run
         self.events = run.events
         self.stop = StopFlag()
         # True: a stop signal raises StopRequested at once; False: it only sets the flag.
         self.interruptible = True
+        self.writes_state = writes_state  # False on ranks other than 0 of a multi-process job
+        self.stop.report_saving = self._report_saving
+
+    def _report_saving(self, what: str | None) -> None:
+        if self.writes_state:
+            self.run.write_state(saving={"what": what, "since": round(time.time(), 3)} if what else None)
+
+    @contextmanager
+    def saving(self, what: str) -> Iterator[None]:
+        """state.json says `saving` while the block runs (a Stop waits for it, up to its ceiling)."""
+        self._report_saving(what)
+        try:
+            yield
+        finally:
+            self._report_saving(None)
 
 
 def setup_logging(run: RunFolder, tag: str = "") -> None:
@@ -64,6 +90,8 @@ def setup_logging(run: RunFolder, tag: str = "") -> None:
     if not any(type(h) is logging.StreamHandler for h in root.handlers):
         stream = logging.StreamHandler(sys.stderr)
         stream.setFormatter(fmt)
+        if not _same_file(sys.stderr, run.log_file):  # a terminal: the traceback stays in worker.log
+            stream.addFilter(lambda record: not getattr(record, "file_only", False))
         root.addHandler(stream)
 
 
@@ -98,7 +126,17 @@ def mark_running(run: RunFolder) -> None:
     own_group = os.getpgid(0) == os.getpid()  # a group leader: Stop may signal the whole group
     run.write_state(state="running", pid=os.getpid(), pgid=os.getpid() if own_group else None,
                     host=socket.gethostname(), started=round(time.time(), 3), ended=None, exit_code=None,
-                    error=None)
+                    error=None, saving=None)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """The `error` of a failed run: one readable line (or a few, one per problem), no traceback."""
+    text = str(exc).strip()
+    if is_no_space(exc):
+        return (f"no space left to write (disk full or file too large): {type(exc).__name__}: {text[:300]}. "
+                "Free some space, then Resume: the newest complete checkpoint is kept.")
+    message = report_user_error(exc)
+    return message if message is not None else f"{type(exc).__name__}: {text}"
 
 
 def supervise(run: RunFolder, body: Callable[[RunContext], tuple[str, str | None]]) -> int:
@@ -113,11 +151,22 @@ def supervise(run: RunFolder, body: Callable[[RunContext], tuple[str, str | None
     except StopRequested:
         state, code = "stopped", 0
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the run folder
-        error = f"{type(exc).__name__}: {exc}"
-        log.error("run failed:\n%s", traceback.format_exc())
+        error = describe_failure(exc)
+        log.error("run failed:\n%s", traceback.format_exc(), extra={"file_only": True})
+        log.error("run failed: %s", error)
     finally:
         restore_signals(previous)
         run.events.append("done", state=state, error=error)
-        run.write_state(state=state, ended=round(time.time(), 3), exit_code=code, error=error)
+        run.write_state(state=state, ended=round(time.time(), 3), exit_code=code, error=error, saving=None)
         log.info("run %s: %s", run.name, state)
+        close_logging(run)
     return code
+
+
+def close_logging(run: RunFolder) -> None:
+    """Detach this run's worker.log, so a process that runs several jobs logs each into its own folder."""
+    root = logging.getLogger()
+    log_path = str(run.log_file.resolve())
+    for handler in [h for h in root.handlers if getattr(h, "baseFilename", None) == log_path]:
+        root.removeHandler(handler)
+        handler.close()

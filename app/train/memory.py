@@ -6,14 +6,16 @@
 Counts come from the model's config (layer shapes on the meta device, see app.models.info), so the
 estimate updates instantly as the user changes settings. Assumptions, stated so they can be checked:
 
-- Rows are full length: a batch holds per_device_train_batch_size x cutoff_len real tokens (the worst
-  case of the worker's padding-free batches; shorter rows need proportionally less activation memory).
+- Before the data is tokenized, rows are full length: a batch holds per_device_train_batch_size x
+  cutoff_len tokens (the worst case). Once tokenized (`rows`), the largest batch the data can form: its
+  longest rows (padded batches: each padded to the longest).
 - Activations: per token and decoder layer, what autograd keeps for the backward pass of a llama-style
   block, ~(10 hidden + 3 intermediate + 4 kv) values (measured with saved-tensor hooks on SmolLM2), times
   ACTIVATION_FACTOR for the gradients of those activations and allocator slack that coexist with them.
   Only layers from the first trainable one onwards keep activations (freeze tuning of the last layers
-  keeps few). The head keeps HEAD_COPIES fp32 vocabulary-sized tensors per token (logits, log-softmax,
-  their gradients, TRL's entropy/accuracy metrics); DPO's chunked log-prob head keeps about one.
+  keeps few). The head scores label tokens only (app.train.loss_head): on CPU it keeps LABEL_HEAD_COPIES
+  fp32 vocabulary-sized tensors per label token; on GPU the fused head works in chunks (none whole);
+  DPO's chunked log-prob head keeps about one.
 - The backward pass frees a layer's activations as it creates that layer's gradients, so both never
   exist whole at once: the smaller of the two is counted at BACKWARD_OVERLAP.
 - Adam keeps two fp32 states per trainable parameter (8-bit Adam: two bytes); LoRA/QLoRA/freeze
@@ -43,7 +45,8 @@ MB = 2**20
 _LAYER_INDEX = re.compile(r"\.(\d+)\.")
 
 ACTIVATION_FACTOR = 2.1  # saved activations -> peak: their gradients and allocator slack (measured, CPU)
-HEAD_COPIES = 5.3  # fp32 vocabulary-sized tensors per token in TRL's SFT loss and metrics (measured, CPU)
+LABEL_HEAD_COPIES = 3.0  # fp32 vocabulary-sized tensors per label token: logits, log-softmax, gradient (CPU)
+FUSED_HEAD_COPIES = 0.0  # GPU: TRL's fused head works in vocabulary chunks, never whole logits
 DPO_HEAD_COPIES = 1.0  # TRL's DPO computes log-probs in chunks: logits are never whole
 BACKWARD_OVERLAP = 0.25  # share of min(activations, gradients) that coexists with the other
 OVERHEAD_MB = {"cpu": 550, "gpu": 600}
@@ -61,7 +64,8 @@ class MemoryEstimate:
     overlap_mb: float = 0.0  # subtracted: activations freed while gradients are created
     dequant_mb: float = 0.0  # QLoRA on CPU: fp32 buffers of dequantized weights
     offloaded_mb: float = 0.0  # in CPU RAM instead (offload); not part of the device total
-    tokens_per_step: int = 0  # per device and micro-batch: batch x cutoff_len
+    tokens_per_step: int = 0  # per device and micro-batch: the largest batch (worst case: batch x cutoff_len)
+    from_data: bool = False  # sized from the tokenized rows' lengths, not the worst case
 
     @property
     def total_mb(self) -> float:
@@ -136,14 +140,54 @@ def job_parallelism(job: JobConfig) -> tuple[int, int]:
     """(world size, ZeRO stage) from the job's own fields; fsdp shards like ZeRO-3."""
     stage = 3 if job.distributed_strategy == "fsdp" else (
         int(job.distributed_strategy[-1]) if job.distributed_strategy.startswith("deepspeed_zero") else 0)
-    return job.num_processes or 1, stage
+    return (job.num_processes or 1) * job.num_machines, stage
+
+
+def largest_batch(job: JobConfig, rows: list[tuple[int, int]] | None, on_gpu: bool = True) -> tuple[int, int]:
+    """(tokens, label tokens) of the largest micro-batch: from the tokenized rows' (length, labels) when
+    known (the batch of the longest rows; padded batches pad to their longest), else batch x cutoff_len.
+    On CPU the worker runs one row per micro-batch (app.train.batching)."""
+    from app.train.batching import micro_batches
+
+    batch = micro_batches(job, on_gpu)[0]
+    if not rows:
+        tokens = batch * job.cutoff_len * (2 if job.stage == "dpo" else 1)  # DPO: chosen and rejected
+        return tokens, tokens
+    longest = sorted(rows, reverse=True)[:batch]
+    tokens = sum(n for n, _ in longest) if job.padding_free else len(longest) * longest[0][0]
+    return tokens, sum(labels for _, labels in longest)
+
+
+def head_bytes_per_label(info: ModelInfo, job: JobConfig, on_gpu: bool) -> float:
+    if job.stage == "dpo":
+        return info.vocab_size * 4.0 * DPO_HEAD_COPIES
+    return info.vocab_size * 4.0 * (FUSED_HEAD_COPIES if on_gpu else LABEL_HEAD_COPIES)
+
+
+# A linear layer whose weight is frozen keeps no copy of its input for the backward pass; layers that
+# read the same tensor (q, k, v; gate, up) share one copy. Inputs per token of each group:
+LINEAR_INPUT_GROUPS = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "o_proj": "attn_out",
+                       "gate_proj": "mlp_in", "up_proj": "mlp_in", "down_proj": "mlp_mid"}
+
+
+def untrained_linear_inputs(info: ModelInfo, job: JobConfig) -> int:
+    """Values per token and layer that LoRA on only some linear layers does not keep (0 otherwise)."""
+    wanted = _lora_targets(job) if job.finetuning_type == "lora" else None
+    if wanted is None:
+        return 0
+    sizes = {"attn_in": info.hidden_size, "attn_out": info.hidden_size, "mlp_in": info.hidden_size,
+             "mlp_mid": info.intermediate_size}
+    kept = {group for name, group in LINEAR_INPUT_GROUPS.items() if name in wanted}
+    return sum(size for group, size in sizes.items() if group not in kept)
 
 
 def activation_bytes_per_token(info: ModelInfo, job: JobConfig) -> float:
-    """Peak activation memory per token of a full-length row, with the head."""
+    """Peak activation memory per token of the decoder layers (the head is counted per label token)."""
     act_bytes = 2.0 if (job.bf16 or job.fp16) else 4.0
     kv = info.hidden_size * info.n_kv_heads // max(info.n_heads, 1)
-    per_layer = (10 * info.hidden_size + 3 * info.intermediate_size + 4 * kv) * act_bytes * ACTIVATION_FACTOR
+    values = 10 * info.hidden_size + 3 * info.intermediate_size + 4 * kv  # every linear layer trained
+    values -= untrained_linear_inputs(info, job)
+    per_layer = values * act_bytes * ACTIVATION_FACTOR
     if job.finetuning_type == "freeze":
         graph_layers = info.n_layers - min(freeze_layers(info, job))  # from the first trainable layer on
     else:
@@ -153,14 +197,16 @@ def activation_bytes_per_token(info: ModelInfo, job: JobConfig) -> float:
         layers = graph_layers * info.hidden_size * act_bytes + per_layer
     else:
         layers = graph_layers * per_layer
-    head = info.vocab_size * 4.0 * (DPO_HEAD_COPIES if job.stage == "dpo" else HEAD_COPIES)
-    return layers + head
+    return layers
 
 
 def estimate_memory(info: ModelInfo, job: JobConfig, on_gpu: bool, world_size: int | None = None,
-                    zero_stage: int | None = None) -> MemoryEstimate:
+                    zero_stage: int | None = None, rows: list[tuple[int, int]] | None = None) -> MemoryEstimate:
     """Peak memory per device (GPU memory, or process RSS on CPU). world_size / zero_stage default to
-    what the job asks for (num_processes, distributed_strategy)."""
+    what the job asks for (num_processes, distributed_strategy). `rows`: (tokens, label tokens) of each
+    tokenized training row, once known; without them every row is taken as cutoff_len long."""
+    if job.bf16 is None:  # automatic: bf16 on a GPU (assumed Ampere or newer), fp32 on CPU
+        job = job.replace(bf16=on_gpu and not job.fp16)
     job_world, job_stage = job_parallelism(job)
     world_size = job_world if world_size is None else world_size
     zero_stage = job_stage if zero_stage is None else zero_stage
@@ -188,14 +234,14 @@ def estimate_memory(info: ModelInfo, job: JobConfig, on_gpu: bool, world_size: i
         if zero_stage >= 3:
             offloaded, weights = offloaded + weights, 0.0
 
-    tokens = job.per_device_train_batch_size * job.cutoff_len * (2 if job.stage == "dpo" else 1)  # chosen+rejected
-    activations = tokens * activation_bytes_per_token(info, job)
+    tokens, labels = largest_batch(job, rows, on_gpu)
+    activations = tokens * activation_bytes_per_token(info, job) + labels * head_bytes_per_label(info, job, on_gpu)
     overlap = (1 - BACKWARD_OVERLAP) * min(activations, gradients)
     dequant = linear * 4.0 if job.quantization_bit is not None and not on_gpu else 0.0
     overhead = OVERHEAD_MB["gpu" if on_gpu else "cpu"] * MB
     return MemoryEstimate(
         weights_mb=weights / MB, gradients_mb=gradients / MB, optimizer_mb=optimizer / MB,
         activations_mb=activations / MB, overhead_mb=overhead / MB, overlap_mb=overlap / MB,
-        dequant_mb=dequant / MB, offloaded_mb=offloaded / MB, tokens_per_step=tokens,
+        dequant_mb=dequant / MB, offloaded_mb=offloaded / MB, tokens_per_step=tokens, from_data=bool(rows),
         trainable_params=trainable, total_params=info.n_params,
     )

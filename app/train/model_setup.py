@@ -70,7 +70,9 @@ def load_model(job: JobConfig, model_dir: Path, warn: Callable[[str], None] | No
     # Mixed precision keeps fp32 master weights for everything trainable; a frozen base can live in
     # the compute dtype (LoRA, freeze), full fine-tuning keeps fp32 weights under autocast.
     dtype = compute_dtype(job) if job.finetuning_type != "full" else torch.float32
-    kwargs: dict = {"dtype": dtype}
+    from app.train.kernels import attention_implementation
+
+    kwargs: dict = {"dtype": dtype, "attn_implementation": attention_implementation(job)}
     if quant is not None:
         if not torch.cuda.is_available():
             message = QLORA_CPU_WARNING.format(bits=job.quantization_bit)
@@ -88,6 +90,9 @@ def load_model(job: JobConfig, model_dir: Path, warn: Callable[[str], None] | No
     else:
         model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs | rope_arguments(job, model_dir))
     model.config.use_cache = False  # training: no KV cache (also keeps flattened batches isolated)
+    from app.train.kernels import apply_liger
+
+    apply_liger(job, model, warn)  # before PEFT wraps the layers
     return model
 
 

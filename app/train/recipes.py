@@ -47,21 +47,26 @@ def split_eval(rows: list[dict], job: JobConfig) -> tuple[Dataset, Dataset | Non
     return parts["train"], parts["test"]
 
 
-def prepare_data(job: JobConfig, tokenizer) -> Prepared:
-    """Load every dataset of the job, render it through the chat template, tokenize and split."""
-    from app.data.catalogue import load_catalogue
-    from app.data.formats import load_examples
+def prepare_data(job: JobConfig, tokenizer, use_cache: bool = True) -> Prepared:
+    """Load every dataset of the job, render it through the chat template, tokenize and split.
+
+    The tokenized rows are reused from the previous run of the same data, tokenizer and settings
+    (app.train.data_cache); the examples are parsed once per process."""
     from app.data.render import tokenize_pt, tokenize_sft
+    from app.train.data_cache import Cached, TokenCache, examples_for, fingerprint
 
     if (separate := tracking.with_eval_dataset(job, tokenizer, prepare_data)) is not None:
         return separate
-    catalogue = load_catalogue(job.dataset_dir)
-    examples: list[dict] = []
-    for name in job.datasets:
-        examples += load_examples(catalogue[name], job.stage, max_samples=job.max_samples)
     if job.stage in ROW_STAGES:  # conversational rows; the TRL trainer applies the chat template
+        examples = examples_for(job)
         train, evaluation = split_eval(examples, job)
         return Prepared(train, evaluation, len(examples), f"{len(examples):,} {ROW_STAGES[job.stage]}")
+    cache = TokenCache() if use_cache else None
+    key = fingerprint(job, tokenizer) if cache else ""
+    hit = cache.load(key) if cache else None
+    if hit is not None:
+        return Prepared(hit.train, hit.eval, hit.n_rows, hit.message + " (tokenized rows reused from cache)")
+    examples = examples_for(job)
     if job.stage == "pt":
         rows, stats = tokenize_pt(examples, tokenizer, job.cutoff_len)
         message = f"{len(examples):,} texts packed into {len(rows):,} blocks of {job.cutoff_len} tokens"
@@ -72,14 +77,25 @@ def prepare_data(job: JobConfig, tokenizer) -> Prepared:
     if not rows:
         raise ValueError(f"dataset: nothing left to train on after tokenizing ({message})")
     train, evaluation = split_eval(rows, job)
+    if cache:
+        cache.store(key, Cached(train, evaluation, len(examples), message))
     return Prepared(train, evaluation, len(examples), message)
+
+
+def row_lengths(data: Prepared) -> list[int]:
+    """Token count of every training row (SFT / pre-training), for the memory estimate."""
+    if "input_ids" not in data.train.column_names:
+        return []
+    return [len(ids) for ids in data.train["input_ids"]]
 
 
 def trainer_arguments(job: JobConfig, output_dir: Path, has_eval: bool) -> dict:
     """Arguments shared by every TRL trainer config, from the job."""
     from app.train import distributed
+    from app.train.batching import micro_batches
 
     on_gpu = torch.cuda.is_available()
+    micro, accumulation = micro_batches(job, on_gpu)  # the same update, one row at a time on CPU
     eval_steps = job.eval_steps or job.save_steps
     extra: dict = {}
     if distributed.world_size() > 1 or job.distributed_strategy in ("fsdp", "deepspeed_zero2", "deepspeed_zero3"):
@@ -93,9 +109,9 @@ def trainer_arguments(job: JobConfig, output_dir: Path, has_eval: bool) -> dict:
         extra["ddp_find_unused_parameters"] = False  # every trainable weight takes part in each step
     return extra | dict(
         output_dir=str(output_dir),
-        per_device_train_batch_size=job.per_device_train_batch_size,
-        per_device_eval_batch_size=job.per_device_train_batch_size,
-        gradient_accumulation_steps=job.gradient_accumulation_steps,
+        per_device_train_batch_size=micro,
+        per_device_eval_batch_size=micro,
+        gradient_accumulation_steps=accumulation,
         learning_rate=job.learning_rate,
         num_train_epochs=job.num_train_epochs,
         max_steps=job.max_steps,
@@ -120,8 +136,19 @@ def trainer_arguments(job: JobConfig, output_dir: Path, has_eval: bool) -> dict:
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,
+        torch_compile=job.torch_compile,
         neftune_noise_alpha=job.neftune_noise_alpha if job.stage in ("sft", "pt") else None,
     ) | tracking.trainer_arguments(job, output_dir, has_eval)
+
+
+def data_passes(job: JobConfig, n_rows: int) -> float:
+    """How many times training goes over the training rows (epochs, or what max_steps amounts to)."""
+    if job.max_steps > 0:
+        from app.train import distributed
+
+        rows = job.max_steps * job.per_device_train_batch_size * job.gradient_accumulation_steps
+        return rows * distributed.world_size() / max(n_rows, 1)
+    return job.num_train_epochs
 
 
 def _config(cls, kwargs: dict):
@@ -145,7 +172,9 @@ def build_sft_trainer(job: JobConfig, model, tokenizer, data: Prepared, output_d
     """SFT and continued pre-training: the rows are already tokenized (input_ids, completion_mask)."""
     from trl import SFTConfig, SFTTrainer
 
-    class StudioSFTTrainer(AtomicCheckpointMixin, SFTTrainer):
+    from app.train.fast_trainers import FastSFTMixin
+
+    class StudioSFTTrainer(AtomicCheckpointMixin, FastSFTMixin, SFTTrainer):
         pass
 
     args = _config(SFTConfig, trainer_arguments(job, output_dir, data.eval is not None) | dict(
@@ -165,12 +194,17 @@ def build_dpo_trainer(job: JobConfig, model, tokenizer, data: Prepared, output_d
     disabled (ref_model=None, no second copy); with freeze/full, TRL loads a frozen copy of the base."""
     from trl import DPOConfig, DPOTrainer
 
-    class StudioDPOTrainer(AtomicCheckpointMixin, DPOTrainer):
+    from app.train.fast_trainers import FastDPOMixin
+
+    class StudioDPOTrainer(AtomicCheckpointMixin, FastDPOMixin, DPOTrainer):
         pass
 
     args = _config(DPOConfig, trainer_arguments(job, output_dir, data.eval is not None) | dict(
         beta=job.pref_beta,
         max_length=job.cutoff_len,
+        # The reference (the frozen base) scores each pair once, before training, when training sees the
+        # pairs more than once: later passes then skip the reference forward pass.
+        precompute_ref_log_probs=job.finetuning_type == "lora" and data_passes(job, len(data.train)) > 1.0,
         **dpo_loss_arguments(job),
     ))
     trainer = StudioDPOTrainer(model=model, ref_model=None, args=args, train_dataset=data.train,

@@ -11,8 +11,11 @@ a process's memory. Writers append or replace atomically, so a reader never sees
 
 from __future__ import annotations
 
+import fcntl
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,11 @@ from app.config import CONFIG_KINDS, JobConfig, Schema
 
 STATES = ("queued", "running", "finished", "failed", "stopped")
 ACTIVE_STATES = ("queued", "running")
+# What read_state() says when state.json cannot tell: never "queued", which would let a scheduler start
+# a run that may already be running (a torn write, a worker started from a terminal that has not
+# written its state yet).
+NO_STATE = "new"  # the config file is there, state.json not yet: nobody asked the manager to run it
+UNREADABLE = "unreadable"  # state.json exists but is not a JSON object (the error names the file)
 
 
 class EventLog:
@@ -111,14 +119,39 @@ class RunFolder:
         return self._config_class().load(self.job_file)
 
     def read_state(self) -> dict:
+        """state.json as a dict; a missing file reads as `new` (or `missing` without a config file), an
+        unreadable one as `unreadable` with the reason in `error`: neither is ever mistaken for `queued`."""
         try:
-            return json.loads(self.state_file.read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {"state": "queued" if self.exists() else "missing"}
+            text = self.state_file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {"state": NO_STATE if self.exists() else "missing"}
+        except (OSError, UnicodeDecodeError) as exc:
+            return {"state": UNREADABLE, "error": f"{self.state_file}: cannot read it ({exc})"}
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            return {"state": UNREADABLE,
+                    "error": f"{self.state_file}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"}
+        if not isinstance(data, dict) or not isinstance(data.get("state", ""), str):
+            return {"state": UNREADABLE, "error": f"{self.state_file}: expected a JSON object with a 'state'"}
+        return data
+
+    @contextmanager
+    def _state_lock(self) -> Iterator[None]:
+        """Serialise read-modify-write of state.json between the manager and the worker (two processes)."""
+        with open(self.path / ".state.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def write_state(self, **changes: Any) -> dict:
-        state = self.read_state() | changes | {"updated": round(time.time(), 3)}
-        write_json_atomic(self.state_file, state)
+        with self._state_lock():
+            current = self.read_state()
+            base = {} if current.get("state") in (NO_STATE, UNREADABLE, "missing") else current
+            state = base | changes | {"updated": round(time.time(), 3)}
+            write_json_atomic(self.state_file, state)
         return state
 
     def tail_log(self, n_bytes: int = 4000) -> str:

@@ -36,7 +36,8 @@ def other_processes_cpu(sample_s: float = SAMPLE_S) -> float:
     idle = lambda t: t.idle + getattr(t, "iowait", 0.0)  # noqa: E731
     busy = (sum(after) - idle(after)) - (sum(before) - idle(before))
     own = (own_after.user + own_after.system) - (own_before.user + own_before.system)
-    return max(busy - own, 0.0) / sample_s
+    # clock ticks are 10 ms: over a short sample the difference can overshoot the machine's cores
+    return min(max(busy - own, 0.0) / sample_s, float(os.cpu_count() or 1))
 
 
 def choose_omp_wait_policy() -> str:

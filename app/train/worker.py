@@ -15,7 +15,7 @@ import os
 import traceback
 from pathlib import Path
 
-from app.config import JobConfig
+from app.config import ConfigError, JobConfig
 from app.train.lifecycle import (
     RunContext,
     StopRequested,
@@ -24,6 +24,7 @@ from app.train.lifecycle import (
     setup_logging,
     supervise,
 )
+from app.train.preflight import preflight
 from app.train.runfolder import RunFolder
 
 log = logging.getLogger("ftstudio.worker")
@@ -46,12 +47,17 @@ def run_job(job: JobConfig) -> int:
     run = RunFolder(Path(job.output_dir))
     if distributed.in_launched_process():
         return _run_rank(job, run)
+    checked = not run.exists()  # a new run from a terminal: a mistake costs no folder, only the message
+    if checked:
+        problems = preflight(job)
+        if problems:
+            raise ConfigError(problems)
     run.create(job)
     setup_logging(run)
     log.info("%s", threads)
 
     def body(ctx: RunContext) -> tuple[str, str | None]:
-        _validate(job, ctx.events)
+        _validate(job, ctx.events, checked)
         plan = distributed.plan_for(job)
         if plan.needs_launch:
             return _lead(job, run, plan, ctx)
@@ -60,11 +66,14 @@ def run_job(job: JobConfig) -> int:
     return supervise(run, body)
 
 
-def _validate(job: JobConfig, events) -> None:
-    from app.data.validate import validate_or_raise
-
+def _validate(job: JobConfig, events, checked: bool = False) -> None:
+    """Everything that can be checked before the model loads (datasets row by row, val_size, model path,
+    template): a ConfigError listing each problem, one line per key. `checked`: done already. The
+    datasets are parsed once (app.train.data_cache): prepare_data reuses them."""
     events.append("stage", name="validating", message=f"checking datasets {job.dataset}")
-    validate_or_raise(job.dataset_dir, job.datasets, job.stage)
+    problems = [] if checked else preflight(job)
+    if problems:
+        raise ConfigError(problems)
 
 
 def _lead(job: JobConfig, run: RunFolder, plan, ctx: RunContext) -> tuple[str, str | None]:
@@ -121,7 +130,7 @@ def _run_rank(job: JobConfig, run: RunFolder) -> int:
             return _train(job, run, ctx.events, ctx), None
 
         return supervise(run, body)
-    ctx = RunContext(run)
+    ctx = RunContext(run, writes_state=writer)
     events = run.events if writer else NullEvents()
     previous = handle_stop_signals(ctx)
     state, error, code = "failed", None, 1
@@ -135,7 +144,7 @@ def _run_rank(job: JobConfig, run: RunFolder) -> int:
         log.error("rank %d failed:\n%s", distributed.rank(), traceback.format_exc())
     finally:
         restore_signals(previous)
-        if writer:
+        if distributed.is_local_main_process():  # rank 0; on other machines, their own first process
             run.write_state(rank_state=state, error=error)
     return code
 
@@ -147,10 +156,13 @@ def _train(job: JobConfig, run: RunFolder, events, ctx: RunContext) -> str:
     from app.models.source import resolve_model_path
     from app.train import distributed
     from app.train.callbacks import EventCallback
+    from app.train.kernels import resolve_precision
+    from app.train.memory_plan import plan_memory
     from app.train.model_setup import apply_method, count_parameters, load_model, load_tokenizer
     from app.train.recipes import BUILDERS, prepare_data
     from app.train.variants import apply_to_trainer
 
+    job = resolve_precision(job)  # bf16 by default on GPUs that have it
     events.append("stage", name="loading_model", message=f"loading model {job.model_name_or_path or 'embedded'}")
     model_dir = resolve_model_path(job.model_name_or_path,
                                    lambda msg: events.append("stage", name="loading_model", message=msg))
@@ -161,6 +173,9 @@ def _train(job: JobConfig, run: RunFolder, events, ctx: RunContext) -> str:
     events.append("stage", name="tokenizing", message=f"tokenized {data.message}", rows=data.n_rows)
     log.info("data: %s", data.message)
 
+    job, estimate, note, switched = plan_memory(job, model_dir, data.train, torch.cuda.is_available())
+    events.append("stage", name="memory", message=note, estimate_mb=round(estimate.total_mb) if estimate else None,
+                  gradient_checkpointing=job.gradient_checkpointing, **({"level": "warning"} if switched else {}))
     model = apply_method(job, load_model(job, model_dir, warn=lambda msg: events.append(
         "stage", name="loading_model", level="warning", message=msg)))
     trainable, total = count_parameters(model)
@@ -191,7 +206,8 @@ def _train(job: JobConfig, run: RunFolder, events, ctx: RunContext) -> str:
     stopped = ctx.stop.requested  # a stop that arrives during the final save must not abort it
 
     events.append("stage", name="saving", message=f"saving to {run.adapter}")
-    trainer.save_model(str(run.adapter))  # every rank: FSDP gathers the shards; the main process writes
-    if distributed.is_main_process():
-        tokenizer.save_pretrained(str(run.adapter))
+    with ctx.saving("adapter"):  # state.json says so: a Stop now waits for the save, never kills it
+        trainer.save_model(str(run.adapter))  # every rank: FSDP gathers the shards; the main process writes
+        if distributed.is_main_process():
+            tokenizer.save_pretrained(str(run.adapter))
     return "stopped" if stopped else "finished"

@@ -7,7 +7,6 @@ Each tab module exposes `build(ctx)` and is called inside its open gr.Tab with t
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +14,8 @@ from pathlib import Path
 import gradio as gr  # app/ui/__init__.py, run before this module, switched telemetry off
 
 from app.jobs.manager import JobManager
-from app.ui.context import StudioContext
+from app.net import is_loopback
+from app.ui.context import StudioContext, max_upload_mb
 from app.ui.i18n import LANGUAGES
 from app.ui.tabs import chat, dataset, evaluate, export, model, train
 
@@ -31,15 +31,6 @@ CSS = """
 
 class AccessError(ValueError):
     """The requested host/auth combination is unsafe or malformed."""
-
-
-def is_loopback(host: str) -> bool:
-    if host.strip().lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_auth(host: str, auth: str | None) -> tuple[str, str] | None:
@@ -60,6 +51,7 @@ def parse_auth(host: str, auth: str | None) -> tuple[str, str] | None:
 def build_app(runs_dir: str | Path = "runs", dataset_dir: str | Path = ".", lang: str = "en",
               manager: JobManager | None = None) -> gr.Blocks:
     ctx = StudioContext(runs_dir, dataset_dir, lang=lang, manager=manager)
+    ctx.manager.start_scheduler()  # the queue moves with no browser open (app.jobs.scheduler)
     with gr.Blocks(title="Finetune Studio") as demo:
         ctx.demo = demo
         with gr.Row(elem_id="studio-header"):
@@ -97,5 +89,6 @@ def webui_main(host: str = "127.0.0.1", port: int = 7860, auth: str | None = Non
     demo.queue(default_concurrency_limit=4)
     print(f"Finetune Studio on http://{host}:{port} (runs: {Path(runs_dir).resolve()})", flush=True)
     demo.launch(server_name=host, server_port=port, auth=credentials, ssr_mode=False, show_error=True,
-                css=CSS, footer_links=["settings"], quiet=True)
+                css=CSS, footer_links=["settings"], quiet=True,
+                max_file_size=int(max_upload_mb() * 2**20))  # the server refuses larger uploads outright
     return 0

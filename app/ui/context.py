@@ -20,6 +20,7 @@ browser refresh or a UI restart shows everything as it is.
 from __future__ import annotations
 
 import inspect
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +41,16 @@ _VALUE_TEXT = (gr.Button, gr.Markdown)
 _LABEL_ONLY = (gr.Tab, gr.Accordion, gr.DownloadButton, gr.UploadButton)
 
 MODEL_SOURCES = ("embedded", "folder", "hub")
+DEFAULT_MAX_UPLOAD_MB = 200.0
+
+
+def max_upload_mb() -> float:
+    """The largest file the studio accepts (FTSTUDIO_MAX_UPLOAD_MB, `ftstudio webui --max-upload-mb`)."""
+    try:
+        value = float(os.environ.get("FTSTUDIO_MAX_UPLOAD_MB", ""))
+    except ValueError:
+        return DEFAULT_MAX_UPLOAD_MB
+    return value if value > 0 else DEFAULT_MAX_UPLOAD_MB
 
 
 @dataclass

@@ -1,13 +1,16 @@
 """The Dataset tab's logic: catalogue table, paged preview, column mapping and upload checks (no gradio).
 
 Row counts and previews read whole files, so they are cached by the files' size and mtime: the
-table is counted when first shown and again only when a file or its catalogue entry changes.
+table is counted when first shown and again only when a file or its catalogue entry changes. The cache
+is bounded (least recently used out first): at most MAX_CACHED_ENTRIES answers holding at most
+MAX_CACHED_ROWS rows in all, so browsing many or large datasets does not grow the studio without end.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +37,42 @@ GUESSES = {
     "text": ("text", "content"),
 }
 
-_cache: dict[tuple, Any] = {}
-_cache_lock = threading.Lock()
+MAX_CACHED_ENTRIES = 64
+MAX_CACHED_ROWS = 200_000
+
+
+class BoundedCache:
+    """An LRU map whose entries also have a cost (rows held); both the count and the total are bounded."""
+
+    def __init__(self, max_entries: int = MAX_CACHED_ENTRIES, max_cost: int = MAX_CACHED_ROWS):
+        self.max_entries, self.max_cost = max_entries, max_cost
+        self._items: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.cost = 0
+
+    def get(self, key: tuple) -> tuple[bool, Any]:
+        with self._lock:
+            if key not in self._items:
+                return False, None
+            self._items.move_to_end(key)
+            return True, self._items[key][0]
+
+    def put(self, key: tuple, value: Any, cost: int) -> None:
+        with self._lock:
+            if key in self._items:
+                self.cost -= self._items.pop(key)[1]
+            if cost > self.max_cost:
+                return  # larger than the whole cache: computed again when asked
+            self._items[key] = (value, cost)
+            self.cost += cost
+            while len(self._items) > self.max_entries or self.cost > self.max_cost:
+                self.cost -= self._items.popitem(last=False)[1][1]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+_cache = BoundedCache()
 
 
 def _stamp(spec: DatasetSpec) -> tuple:
@@ -51,12 +88,11 @@ def _stamp(spec: DatasetSpec) -> tuple:
 
 def _cached(kind: str, spec: DatasetSpec, compute: Any) -> Any:
     key = (kind, *_stamp(spec))
-    with _cache_lock:
-        if key in _cache:
-            return _cache[key]
+    found, value = _cache.get(key)
+    if found:
+        return value
     value = compute()
-    with _cache_lock:
-        _cache[key] = value
+    _cache.put(key, value, len(value) if isinstance(value, list) else 1)
     return value
 
 
@@ -189,4 +225,8 @@ def validate_upload(path: str | Path, formatting: str, ranking: bool,
     try:
         return len(load_examples(spec, spec.stage)), spec.stage, []
     except DataError as e:
-        return 0, spec.stage, e.problems
+        # A problem of the would-be catalogue entry is a problem of this file's column mapping (the user
+        # never saw the entry): say so, naming the file.
+        catalogue = spec.catalogue_file
+        return 0, spec.stage, [Problem(path.name, None, "column mapping", p.message) if p.file == catalogue else p
+                               for p in e.problems]

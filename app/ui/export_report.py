@@ -54,7 +54,7 @@ def _fidelity(report: dict[str, Any]) -> list[str]:
     if not fid:
         return []
     if fid.get("skipped"):
-        return ["**Fidelity check:** skipped."]
+        return ["**Fidelity check:** not checked (skipped on request)."]
     verdict = "✓ pass" if fid.get("passed") else "✗ fail"
     change = fid.get("ppl_change_pct")
     change_text = f"{change:+.2f}%" if isinstance(change, (int, float)) else "?"
@@ -86,7 +86,7 @@ def _how_to_run(report: dict[str, Any]) -> list[str]:
 def report_markdown(report: dict[str, Any], error: str | None = None) -> str:
     """The report pipeline.export() returns (or wrote before failing) as Markdown."""
     what = str(report.get("format", "?")).upper() if report.get("format") != "gguf" else f"GGUF {report.get('quant')}"
-    ok = error is None and report.get("passed")
+    ok = error is None and report.get("passed") is not False  # None: exported, fidelity not checked
     head = f"### {'✓ Exported' if ok else '✗ Export failed'}: {report.get('name', '?')} → {what}"
     lines = [head, ""]
     if error:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +21,9 @@ from typing import Any
 
 import psutil
 
-from app.serve.main import is_loopback
+from app.atomic import write_json_atomic
+from app.jobs.process import reap, stop_process
+from app.net import is_loopback
 
 STOP_GRACE_S = 10.0
 
@@ -134,9 +135,7 @@ class ApiServer:
                   "models": [model or "SmolLM2-135M-Instruct"] + [n for n, _ in adapters], "has_key": bool(api_key),
                   "backend": backend,
                   "command": cmd}
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
-        os.replace(tmp, self.state_file)
+        write_json_atomic(self.state_file, record)
         self._child = proc  # reaped by stop(); after a UI restart the record is enough
         return self.status()
 
@@ -166,24 +165,11 @@ class ApiServer:
         if not record:
             return False
         running = self._alive(record)
-        pgid = record.get("pgid") or record.get("pid")
-        if running and pgid:
-            try:
-                os.killpg(pgid, signal.SIGTERM)
-                deadline = time.time() + STOP_GRACE_S
-                while time.time() < deadline and self._alive(record):
-                    if self._child is not None:
-                        self._child.poll()
-                    time.sleep(0.2)
-                os.killpg(pgid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        if self._child is not None:
-            try:
-                self._child.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-            self._child = None
+        if running:  # SIGTERM, grace, SIGKILL only if still alive, reap: the job manager's rule
+            stop_process(record.get("pid"), record.get("pgid"), started=record.get("started"),
+                         child=self._child, grace_s=STOP_GRACE_S, ceiling_s=STOP_GRACE_S)
+        reap(self._child, timeout=5)
+        self._child = None
         self.state_file.unlink(missing_ok=True)
         return running
 

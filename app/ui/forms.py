@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import ConfigError, JobConfig
+from app.jobs.names import RunNameError, run_dir
 
 NONE_CHOICE = "none"  # how a dropdown shows a None choice (quantization_bit)
 # Fields the Train/Model tabs do not show as a plain control: the model comes from the Model
@@ -82,13 +83,17 @@ def from_control(name: str, value: Any) -> Any:
 
 def form_dict(values: dict[str, Any], model: str | None, dataset_dir: str | Path,
               runs_dir: str | Path) -> dict[str, Any]:
-    """The raw job mapping for control values; a bare run name becomes a folder under `runs_dir`."""
+    """The raw job mapping for control values; the run name becomes a folder directly under `runs_dir`
+    (ConfigError naming output_dir for a name with '/', '..' or an absolute path: runs stay inside)."""
     data = {name: from_control(name, value) for name, value in values.items() if name in JobConfig.spec()}
     data["model_name_or_path"] = model
     data["dataset_dir"] = str(dataset_dir)
     out = data.get("output_dir")
-    if isinstance(out, str) and out.strip() and "/" not in out and out.strip() not in (".", ".."):
-        data["output_dir"] = str(Path(runs_dir) / out.strip())
+    if isinstance(out, str) and out.strip():
+        try:
+            data["output_dir"] = str(run_dir(out, runs_dir))
+        except RunNameError as exc:
+            raise ConfigError([str(exc)]) from None
     return data
 
 
@@ -118,8 +123,8 @@ def default_controls() -> dict[str, Any]:
 
 def estimate_job(values: dict[str, Any], model: str | None, dataset_dir: str | Path,
                  runs_dir: str | Path) -> JobConfig:
-    """The job for a memory or parameter estimate: like `form_to_job`, but no dataset is needed yet."""
-    data = form_dict(values, model, dataset_dir, runs_dir)
+    """The job for a memory or parameter estimate: like `form_to_job`, but no dataset or run name needed."""
+    data = form_dict({k: v for k, v in values.items() if k != "output_dir"}, model, dataset_dir, runs_dir)
     if not data.get("dataset"):
         data["dataset"] = JobConfig().dataset
     return JobConfig.from_dict(data)

@@ -8,6 +8,7 @@ are added from `app.ui.i18n_fields` (English help from the schema's metadata). T
 from __future__ import annotations
 
 from app.ui.i18n_fields import field_strings
+from app.ui.i18n_train import RUN_STRINGS
 
 LANGUAGES = {"en": "English", "zh": "中文"}
 
@@ -118,7 +119,7 @@ class Translator:
     """Looks strings up by key and language, falling back to English, then to the key itself."""
 
     def __init__(self, table: dict[str, dict[str, str]] | None = None):
-        self.table: dict[str, dict[str, str]] = {**STRINGS, **field_strings(), **(table or {})}
+        self.table: dict[str, dict[str, str]] = {**STRINGS, **RUN_STRINGS, **field_strings(), **(table or {})}
 
     def add(self, table: dict[str, dict[str, str]]) -> None:
         """Add (or override) strings, e.g. a tab's own table."""

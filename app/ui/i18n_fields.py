@@ -33,6 +33,13 @@ EN_LABELS = {
     "output_dir": "Run name or folder",
     "distributed_strategy": "Strategy",
     "num_processes": "Processes",
+    "num_machines": "Machines",
+    "machine_rank": "Machine rank",
+    "main_process_ip": "Main machine address",
+    "main_process_port": "Main machine port",
+    "flash_attn": "Attention kernel",
+    "enable_liger_kernel": "Liger kernels",
+    "torch_compile": "torch.compile",
     "offload": "CPU offload",
     "deepspeed": "DeepSpeed config",
     "padding_free": "Padding-free batches",
@@ -102,6 +109,13 @@ ZH_LABELS = {
     "resume_from_checkpoint": "从检查点恢复",
     "distributed_strategy": "并行策略",
     "num_processes": "进程数",
+    "num_machines": "机器数",
+    "machine_rank": "本机序号",
+    "main_process_ip": "主机地址",
+    "main_process_port": "主机端口",
+    "flash_attn": "注意力内核",
+    "enable_liger_kernel": "Liger 内核",
+    "torch_compile": "torch.compile 编译",
     "offload": "卸载到 CPU",
     "deepspeed": "DeepSpeed 配置",
     "padding_free": "无填充批次",
@@ -161,7 +175,8 @@ ZH_HELP = {
     "lr_scheduler_type": "学习率调度方式。",
     "warmup_ratio": "学习率预热所占步数的比例。",
     "max_grad_norm": "梯度裁剪的范数上限（0 表示不裁剪）。",
-    "bf16": "使用 bfloat16 混合精度训练（Ampere 及更新的 GPU）。",
+    "bf16": "使用 bfloat16 混合精度训练。留空（none）为自动：GPU 支持 bfloat16（Ampere 及更新）且未开 fp16 "
+            "时启用；CPU 上用 float32。",
     "fp16": "使用 float16 混合精度训练（较旧的 GPU）。",
     "lora_rank": "LoRA 的秩 r。",
     "lora_alpha": "LoRA 缩放系数 alpha（留空为 2 倍秩）。",
@@ -216,6 +231,17 @@ ZH_HELP = {
                             "deepspeed_zero2 / deepspeed_zero3：DeepSpeed ZeRO（需 `pip install deepspeed`）。",
     "num_processes": "训练进程数（每块 GPU 一个）；留空为所有可见 GPU。没有 GPU 时，ddp 或 fsdp 下大于 1 "
                      "的数值会启动相应数量的 CPU 进程。",
+    "num_machines": "参与训练的机器数（accelerate 多机）：在每台机器上用各自的 machine_rank 启动同一个任务；"
+                    "“预览命令”会列出每台机器要运行的命令。",
+    "machine_rank": "本机在 num_machines 台机器中的序号（0 为主机）。",
+    "main_process_ip": "其他机器可以访问到的 0 号主机地址（多机训练）。",
+    "main_process_port": "0 号主机上用于会合的端口（多机训练）。",
+    "flash_attn": "注意力内核：auto（在 CUDA GPU 上且已安装 flash-attn 时，无填充批次用 FlashAttention-2，否则用 "
+                  "PyTorch SDPA）、disabled（eager）、sdpa、fa2。",
+    "enable_liger_kernel": "在 CUDA GPU 上使用 Liger 的融合 Triton 内核（RMSNorm、RoPE、SwiGLU；需 pip install "
+                           "liger-kernel）；CPU 上忽略。GPU 上的损失头始终是融合的。",
+    "torch_compile": "用 torch.compile 编译模型：一次性编译耗时，换取 GPU 长时间训练时更快的每一步"
+                     "（新长度的行会重新编译；短任务不值得）。",
     "offload": "把优化器状态（fsdp / ZeRO-3 时连同参数）放在 CPU 内存：更省显存，但每步更慢。",
     "deepspeed": "DeepSpeed JSON 配置文件路径（LLaMA-Factory 的键名）；原样使用，代替自动生成的 ZeRO 配置。"
                  "意味着使用 DeepSpeed 策略。",

@@ -8,13 +8,21 @@ UI restart) rebuilds the whole curve from offset 0.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from app.jobs.manager import RunSummary
+from app.ui.i18n_train import RUN_STRINGS, stage_text, state_label
+
+Translate = Callable[..., str]  # (key, **values) -> text in the page's language
+
+
+def english(key: str, **values: Any) -> str:
+    text = RUN_STRINGS.get(key, {}).get("en", key)
+    return text.format(**values) if values else text
 
 LOSS_COLUMNS = ["step", "loss", "series"]
 LR_COLUMNS = ["step", "lr"]
@@ -33,6 +41,10 @@ class LiveView:
     stage: dict[str, Any] | None = None  # the newest `stage` event
     last_log: dict[str, Any] | None = None  # the newest step event (for speed, ETA, memory)
     done: dict[str, Any] | None = None  # the `done` event of the newest attempt
+    # What this browser session was last sent (the monitor sends only what changed).
+    plotted_at: float = 0.0
+    plotted_offset: int = 0
+    status: str | None = None
 
     def feed(self, events: Iterable[dict[str, Any]], offset: int) -> bool:
         """Take the events read up to byte `offset`; True when anything new arrived."""
@@ -119,55 +131,79 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def status_line(view: LiveView, state: dict[str, Any]) -> str:
-    """state · stage message · step/total · tokens/s · ETA · memory (Markdown, one line)."""
+def status_line(view: LiveView, state: dict[str, Any], t: Translate = english, lang: str = "en") -> str:
+    """state · stage · step/total · loss · tokens/s · ETA · memory (Markdown, one line, in `lang`)."""
     current = state.get("state")
     if view.done and current in ("running", "queued", None):
         current = view.done.get("state", current)  # the worker writes its end before state.json
     current = current or "?"
-    parts = [f"**{view.run}**: **{current}**"]
-    if view.stage and current in ("running", "queued"):
-        parts.append(str(view.stage.get("message") or view.stage.get("name", "")))
+    parts = [f"**{view.run}**: **{state_label(current, t)}**"]
+    saving = state.get("saving") if current == "running" else None
+    if saving:
+        parts.append(t("status.saving_now", what=saving.get("what", "")))
+    elif view.stage and current in ("running", "queued"):
+        parts.append(stage_text(view.stage, lang, t))
     log = view.last_log
     if log:
         total = log.get("total_steps")
-        parts.append(f"step {log.get('step')}/{total}" if total else f"step {log.get('step')}")
+        parts.append(t("status.step_of", step=log.get("step"), total=total) if total
+                     else t("status.step", step=log.get("step")))
         if log.get("loss") is not None:
-            parts.append(f"loss {float(log['loss']):.4f}")
+            parts.append(t("status.loss", loss=float(log["loss"])))
         if current == "running":
             if log.get("tokens_per_s") is not None:
-                parts.append(f"{float(log['tokens_per_s']):,.0f} tok/s")
+                parts.append(t("status.speed", speed=float(log["tokens_per_s"])))
             if log.get("eta_s") is not None:
-                parts.append(f"ETA {format_duration(log['eta_s'])}")
+                parts.append(t("status.eta", eta=format_duration(log["eta_s"])))
         if log.get("mem_mb") is not None:
-            parts.append(f"mem {float(log['mem_mb']) / 1024:.2f} GiB")
+            parts.append(t("status.mem", gib=float(log["mem_mb"]) / 1024))
     error = (view.done or {}).get("error") or state.get("error")
-    if current == "failed" and error:
-        parts.append(f"error: {error}")
+    if current in ("failed", "unreadable") and error:
+        from app.ui.i18n_train import translate_problem
+
+        parts.append(t("status.error", error=" / ".join(translate_problem(line, lang)
+                                                          for line in str(error).splitlines())))
     return " · ".join(parts)
 
 
-def runs_frame(summaries: list[RunSummary]) -> pd.DataFrame:
+def runs_frame(summaries: list[RunSummary], t: Translate = english) -> pd.DataFrame:
+    """The run table; headers and states in the page's language."""
     rows = []
     for s in summaries:
         step = "" if s.step is None else f"{s.step}/{s.total_steps}" if s.total_steps else str(s.step)
         loss = "" if s.loss is None else f"{s.loss:.4f}"
-        rows.append([s.name, s.state, s.stage, s.method, s.dataset, step, loss, getattr(s, "best", "")])
-    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+        rows.append([s.name, state_label(s.state, t), s.stage, s.method, s.dataset, step, loss, best_text(s)])
+    return pd.DataFrame(rows, columns=[t(f"col.{c}") for c in RUN_COLUMNS])
+
+
+def best_text(summary: RunSummary) -> str:
+    """★ checkpoint-N (eval loss) of a run's best checkpoint (its newest `best` event), or ""."""
+    best = getattr(summary, "best", None)
+    if isinstance(best, str):
+        return best
+    return f"★ checkpoint-{best['step']} ({best['eval_loss']:.4f})" if best else ""
 
 
 def with_best(summaries: list[RunSummary]) -> list[RunSummary]:
-    """Mark each run's best checkpoint (its newest `best` event: lowest eval loss with a checkpoint)."""
+    """Fill `best` of summaries built by hand (the manager's carry it already, read incrementally: the run
+    monitor never calls this per tick)."""
     from pathlib import Path
 
     from app.train.runfolder import EventLog
 
     for s in summaries:
-        best = [e for e in EventLog(Path(s.path) / "events.jsonl").read_all() if e.get("kind") == "best"]
-        s.best = f"★ checkpoint-{best[-1]['step']} ({best[-1]['eval_loss']:.4f})" if best else ""  # type: ignore[attr-defined]
+        if getattr(s, "best", None) is None:
+            found = [e for e in EventLog(Path(s.path) / "events.jsonl").read_all()
+                     if e.get("kind") == "best" and e.get("eval_loss") is not None]
+            s.best = found[-1] if found else None
     return summaries
 
 
-def memory_frame(estimate: Any) -> pd.DataFrame:
-    """A MemoryEstimate as a small table: part, MB."""
-    return pd.DataFrame([[part, round(mb, 1)] for part, mb in estimate.rows()], columns=["part", "MB"])
+def memory_frame(estimate: Any, t: Translate = english) -> pd.DataFrame:
+    """A MemoryEstimate as a small table: part, MB (in the page's language)."""
+    rows = []
+    for part, mb in estimate.rows():
+        key = f"mem.{part}"
+        label = t(key)
+        rows.append([part if label == key else label, round(mb, 1)])
+    return pd.DataFrame(rows, columns=[t("col.part"), t("col.mb")])

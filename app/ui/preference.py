@@ -7,8 +7,10 @@ alpaca-shaped ranking set (LLaMA-Factory's schema, so the same file feeds LLaMA-
 
     {"instruction": ..., "input": "", "chosen": ..., "rejected": ..., "system": ..., "history": [[q, a], ...]}
 
-Later rows are appended under the entry's own column names; the file is replaced atomically (a reader
-never sees half a row) under a lock file, so two browser sessions voting at once both land.
+Later rows are appended under the entry's own column names, one line per vote (a .jsonl file grows by
+a line; nothing is rewritten, so a vote costs the same on the millionth row as on the first; a reader
+sees whole lines), under a lock file, so two browser sessions voting at once both land. An older
+.json (array) entry is still accepted, replaced atomically as a whole.
 No gradio here: the Chat tab calls these, unit tests call them directly.
 """
 
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import re
 import tempfile
 import threading
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.atomic import append_line, write_bytes_atomic
 from app.data.catalogue import CATALOGUE_NAME, DatasetSpec, load_catalogue, register_dataset
 from app.data.errors import DataError
 from app.data.files import read_rows
@@ -136,33 +138,16 @@ def _locked(folder: Path, name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _replace_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _append(path: Path, row: dict[str, Any]) -> None:
-    """Append `row` to a .jsonl (one line) or .json (array) file, replacing the file atomically."""
+    """Append `row`: one line at the end of a .jsonl file; a .json array is replaced atomically."""
     if path.suffix.lower() == ".jsonl":
-        old = path.read_bytes() if path.exists() else b""
-        if old and not old.endswith(b"\n"):
-            old += b"\n"
-        _replace_atomically(path, old + (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+        append_line(path, json.dumps(row, ensure_ascii=False))
         return
     rows = json.loads(path.read_text(encoding="utf-8-sig")) if path.exists() and path.stat().st_size else []
     if not isinstance(rows, list):
         raise PreferenceError(f"{path} does not hold a JSON array: cannot append a row.")
     rows.append(row)
-    _replace_atomically(path, (json.dumps(rows, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+    write_bytes_atomic(path, (json.dumps(rows, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
 
 
 def _catalogue(dataset_dir: Path) -> dict[str, DatasetSpec]:
@@ -199,6 +184,10 @@ def save_preference(dataset_dir: str | Path, name: str, pref: Preference) -> Sav
 
 
 def count_file_rows(path: Path) -> int:
+    """Rows in a data file; a .jsonl file counts its non-empty lines without parsing them."""
+    if path.suffix.lower() == ".jsonl":
+        with open(path, "rb") as handle:
+            return sum(1 for line in handle if line.strip())
     return len(read_rows(path, str(path)).rows)
 
 

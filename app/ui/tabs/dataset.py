@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,16 +12,51 @@ from app.data.catalogue import FORMATTINGS, register_dataset
 from app.data.errors import DataError
 from app.ui import dataset_generate, dataset_insight
 from app.ui import datasets as logic
-from app.ui.context import StudioContext
+from app.ui.context import StudioContext, max_upload_mb
+from app.ui.i18n_train import translate_problem
 
 UPLOAD_TYPES = [".json", ".jsonl", ".csv", ".parquet"]
 
 
 def problems_text(ctx: StudioContext, lang: str, problems: list[Any]) -> str:
-    return "\n".join([ctx.t("msg.invalid", lang, count=len(problems)), *(f"  {p}" for p in problems)])
+    lines = [translate_problem(str(p), lang) for p in problems]
+    return "\n".join([ctx.t("msg.invalid", lang, count=len(problems)), *(f"  {line}" for line in lines)])
+
+
+def upload_problem(ctx: StudioContext, lang: str, file: str | None) -> str | None:
+    """The upload limit, said in the page's language (the server also refuses larger uploads at launch)."""
+    if not file:
+        return None
+    try:
+        size_mb = os.path.getsize(file) / 2**20
+    except OSError:
+        return None
+    limit = max_upload_mb()
+    if size_mb <= limit:
+        return None
+    return ctx.t("msg.upload_too_large", lang, file=Path(file).name, size=size_mb, limit=limit)
+
+
+def localise_catalogue(ctx: StudioContext, lang: str, frame: Any) -> Any:
+    """The catalogue table with headers and the check column in the page's language."""
+    frame = frame.copy()
+
+    def check(text: Any) -> Any:
+        text = str(text)
+        if text == "ok":
+            return ctx.t("check.ok", lang)
+        count, sep, first = text.partition(" problem(s): ")
+        if sep and count.isdigit():
+            return ctx.t("check.problems", lang, count=int(count), first=translate_problem(first, lang))
+        return translate_problem(text, lang)
+
+    frame["check"] = frame["check"].map(check)
+    frame.columns = [ctx.t(f"col.{c}", lang) for c in frame.columns]
+    return frame
 
 
 def build(ctx: StudioContext) -> None:
+    lang = ctx.shared["lang"]
     with ctx.make(gr.Accordion, "data.catalogue", open=True):
         table = gr.Dataframe(headers=logic.CATALOGUE_COLUMNS, interactive=False, wrap=True, elem_id="data-catalogue",
                              show_label=False)
@@ -57,14 +93,13 @@ def build(ctx: StudioContext) -> None:
     dataset_insight.build(ctx)  # statistics under the chosen model's template; suggested cutoff_len
     dataset_generate.build(ctx)  # synthetic rows from topics or documents, as a background job
     columns = gr.State([])
-    lang = ctx.shared["lang"]
     role_list = list(roles.values())
 
-    def show_catalogue(current: str | None) -> tuple[Any, Any]:
+    def show_catalogue(current: str | None, lang_: str = "en") -> tuple[Any, Any]:
         frame = logic.catalogue_frame(ctx.dataset_dir)
         names = [n for n in frame["name"].tolist() if n]
         value = current if current in names else (names[0] if names else None)
-        return frame, gr.update(choices=names, value=value)
+        return localise_catalogue(ctx, lang_, frame), gr.update(choices=names, value=value)
 
     def show_page(dataset: str | None, wanted: int) -> tuple[Any, int, str]:
         try:
@@ -73,8 +108,8 @@ def build(ctx: StudioContext) -> None:
             return None, 0, str(exc)
         return frame, shown, f"{shown + 1} / {pages}" if pages else ""
 
-    refresh.click(show_catalogue, which, [table, which], api_visibility="private")
-    ctx.demo.load(show_catalogue, which, [table, which], api_visibility="private")
+    for event in (refresh.click, ctx.demo.load, lang.change):
+        event(show_catalogue, [which, lang], [table, which], api_visibility="private")
     which.change(lambda d: show_page(d, 0), which, [preview, page, page_label], api_visibility="private")
     prev.click(lambda d, p: show_page(d, p - 1), [which, page], [preview, page, page_label], api_visibility="private")
     nxt.click(lambda d, p: show_page(d, p + 1), [which, page], [preview, page, page_label], api_visibility="private")
@@ -91,19 +126,21 @@ def build(ctx: StudioContext) -> None:
             updates.append(gr.update(**kwargs))
         return updates
 
-    def on_upload(file: str | None, fmt: str, rank: bool) -> list[Any]:
-        if not file:
-            return [[], gr.update(), gr.update(), gr.update(), *role_updates(fmt, rank, [], True)]
+    def on_upload(file: str | None, fmt: str, rank: bool, lang_: str) -> list[Any]:
+        too_large = upload_problem(ctx, lang_, file)
+        if not file or too_large:
+            return [[], gr.update(), gr.update(), gr.update(), *role_updates(fmt, rank, [], True),
+                    too_large or gr.update()]
         cols = logic.file_columns(file)
         if fmt == "alpaca" and any(c in cols for c in ("conversations", "messages")):
             fmt = "openai" if "messages" in cols else "sharegpt"
         if any(c in cols for c in ("chosen", "rejected")):
             rank = True
         return [cols, Path(file).stem, gr.update(value=fmt), gr.update(value=rank),
-                *role_updates(fmt, rank, cols, True)]
+                *role_updates(fmt, rank, cols, True), ""]
 
-    upload.upload(on_upload, [upload, formatting, ranking], [columns, name, formatting, ranking, *role_list],
-                  api_visibility="private")
+    upload.upload(on_upload, [upload, formatting, ranking, lang],
+                  [columns, name, formatting, ranking, *role_list, result], api_visibility="private")
     for trigger in (formatting, ranking):
         trigger.input(lambda f, r, c: role_updates(f, r, c, True), [formatting, ranking, columns], role_list,
                       api_visibility="private")
@@ -111,6 +148,9 @@ def build(ctx: StudioContext) -> None:
     def check(file: str | None, fmt: str, rank: bool, lang_: str, *mapped: str) -> tuple[bool, int, str]:
         if not file:
             return False, 0, ctx.t("msg.no_file", lang_)
+        too_large = upload_problem(ctx, lang_, file)
+        if too_large:
+            return False, 0, too_large
         mapping = dict(zip(logic.ROLES, mapped))
         rows, stage, problems = logic.validate_upload(file, fmt, rank, mapping)
         if problems:

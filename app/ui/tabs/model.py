@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -16,30 +17,36 @@ from app.train.memory import trainable_parameters
 from app.ui.components import field_group
 from app.ui.context import MODEL_SOURCES, StudioContext, model_name
 from app.ui.forms import estimate_job, form_fields
+from app.ui.i18n_train import RUN_STRINGS
 
 HARDWARE_REFRESH_S = 5.0
 
 
-def info_markdown(info: ModelInfo, trainable: int | None, method: str) -> str:
+def _english(key: str, **values: Any) -> str:
+    text = RUN_STRINGS.get(key, {}).get("en", key)
+    return text.format(**values) if values else text
+
+
+def info_markdown(info: ModelInfo, trainable: int | None, method: str, t: Callable[..., str] = _english) -> str:
     rows = [
-        ("Architecture", f"{info.architecture} (`{info.model_type}`)"),
-        ("Parameters", f"{info.n_params:,} ({info.n_params / 1e6:,.1f} M)"),
-        ("Layers / hidden / heads", f"{info.n_layers} / {info.hidden_size} / {info.n_heads} ({info.n_kv_heads} KV)"),
-        ("Context length", f"{info.context_length:,} tokens"),
-        ("Vocabulary", f"{info.vocab_size:,}"),
-        ("Stored as", info.dtype),
-        ("LoRA targets on offer", ", ".join(f"`{k}`" for k in info.linear_kinds)),
+        (t("info.architecture"), f"{info.architecture} (`{info.model_type}`)"),
+        (t("info.parameters"), f"{info.n_params:,} ({info.n_params / 1e6:,.1f} M)"),
+        (t("info.shape"), f"{info.n_layers} / {info.hidden_size} / {info.n_heads} ({info.n_kv_heads} KV)"),
+        (t("info.context"), f"{info.context_length:,} {t('info.tokens')}"),
+        (t("info.vocab"), f"{info.vocab_size:,}"),
+        (t("info.dtype"), info.dtype),
+        (t("info.targets"), ", ".join(f"`{k}`" for k in info.linear_kinds)),
     ]
     if trainable is not None:
         share = 100 * trainable / max(info.n_params, 1)
-        rows.append((f"Trainable ({method})", f"{trainable:,} ({share:.2f}%)"))
-    lines = [f"| Folder | `{info.path}` |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+        rows.append((t("info.trainable", method=method), f"{trainable:,} ({share:.2f}%)"))
+    lines = [f"| {t('info.folder')} | `{info.path}` |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     return "\n".join(lines)
 
 
-def hardware_markdown(hw: Hardware) -> str:
+def hardware_markdown(hw: Hardware, t: Callable[..., str] = _english) -> str:
     if hw.gpus:
-        lines = ["| GPU | memory used | utilisation |", "|---|---|---|"]
+        lines = [f"| {t('hw.gpu')} | {t('hw.gpu_used')} | {t('hw.utilisation')} |", "|---|---|---|"]
         for g in hw.gpus:
             busy = "?" if g.utilization_pct is None else f"{g.utilization_pct}%"
             lines.append(f"| {g.index}: {g.name} | {g.used_mb / 1024:.1f} / {g.total_mb / 1024:.1f} GiB | {busy} |")
@@ -47,12 +54,16 @@ def hardware_markdown(hw: Hardware) -> str:
     why = f" ({hw.nvml_error})" if hw.nvml_error else ""
     used = hw.ram_total_mb - hw.ram_available_mb
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"**CPU only**{why}\n\n| CPU | RAM used | CPU busy | load (1, 5, 15 min) |\n|---|---|---|---|\n"
-            f"| {hw.cpu_cores} cores {hw.cpu_name} | {used / 1024:.1f} / {hw.ram_total_mb / 1024:.1f} GiB "
+    return (f"**{t('hw.cpu_only')}**{why}\n\n| {t('hw.cpu')} | {t('hw.ram_used')} | {t('hw.cpu_busy')} | "
+            f"{t('hw.load')} |\n|---|---|---|---|\n"
+            f"| {t('hw.cores', n=hw.cpu_cores)} {hw.cpu_name} | {used / 1024:.1f} / {hw.ram_total_mb / 1024:.1f} GiB "
             f"| {psutil.cpu_percent():.0f}% | {load} |")
 
 
 def build(ctx: StudioContext) -> None:
+    def tr(lang: str) -> Callable[..., str]:
+        return lambda key, **values: ctx.t(key, lang, **values)
+
     with gr.Row():
         source = ctx.make(gr.Radio, "model.source", value="embedded", scale=2, elem_id="model-source",
                           choice_keys=[(f"model.source.{s}", s) for s in MODEL_SOURCES])
@@ -68,10 +79,10 @@ def build(ctx: StudioContext) -> None:
             template = ctx.make(gr.Code, "model.template", language="jinja2", lines=12, max_lines=24,
                                 interactive=False, wrap_lines=True, elem_id="model-template")
     with ctx.make(gr.Accordion, "model.hardware", open=True):
-        hardware = gr.Markdown(hardware_markdown(ctx.hardware()), elem_id="model-hardware")
+        hardware = gr.Markdown(hardware_markdown(ctx.hardware(), tr(ctx.lang)), elem_id="model-hardware")
     timer = gr.Timer(HARDWARE_REFRESH_S)
-    timer.tick(lambda: hardware_markdown(ctx.hardware()), outputs=hardware, show_progress="hidden",
-               queue=False, api_visibility="private")
+    timer.tick(lambda lang: hardware_markdown(ctx.hardware(), tr(lang)), inputs=ctx.shared["lang"], outputs=hardware,
+               show_progress="hidden", queue=False, api_visibility="private")
 
     def pick_source(choice: str) -> Any:
         return gr.update(interactive=choice != "embedded")
@@ -87,7 +98,7 @@ def build(ctx: StudioContext) -> None:
         except ModelSourceError as exc:
             return f"⚠ {exc}", ""
         except Exception as exc:  # noqa: BLE001 - a broken folder: the message, never a traceback
-            return f"⚠ Could not read model '{name}': {type(exc).__name__}: {exc}", ""
+            return ctx.t("msg.model_unreadable", lang, name=name, error=f"{type(exc).__name__}: {exc}"), ""
         trainable, method = None, "lora"
         try:
             job = estimate_job(dict(zip(form_fields(), values)), name, ctx.dataset_dir, ctx.runs_dir)
@@ -96,11 +107,16 @@ def build(ctx: StudioContext) -> None:
                                             if job.finetuning_type == "lora" else "")
         except ConfigError:
             pass
-        return info_markdown(info, trainable, method), info.chat_template or "(no chat template)"
+        return info_markdown(info, trainable, method, tr(lang)), info.chat_template or ctx.t("info.no_template", lang)
 
     def wire() -> None:  # the LoRA controls live in the Train tab, built after this one
         fields = [ctx.fields[n] for n in form_fields()]
         gr.on([load.click, path.submit], load_info, [ctx.shared["lang"], source, path, *fields], [info, template],
               api_visibility="private")
+        # The hardware table refreshes only while it is on screen: a hidden tab's timer would still cost
+        # the browser and the studio a round trip every few seconds, next to a training run.
+        for name, tab in ctx.shared.get("tabs", {}).items():
+            tab.select(lambda on=name == "model": gr.Timer(active=on), None, timer, queue=False,
+                       show_progress="hidden", api_visibility="private")
 
     ctx.after_build(wire)

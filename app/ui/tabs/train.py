@@ -12,14 +12,15 @@ import gradio as gr
 import pandas as pd
 
 from app.config import GROUPS, ConfigError, JobConfig
-from app.data.validate import check_datasets
 from app.models.source import ModelSourceError
 from app.train.memory import estimate_memory
+from app.train.preflight import preflight
 from app.ui import plots
 from app.ui.components import field_control, field_group
 from app.ui.context import StudioContext, model_name
 from app.ui.datasets import datasets_for_stage
 from app.ui.forms import SPECIAL_FIELDS, estimate_job, form_fields, form_to_job, group_fields, job_to_controls
+from app.ui.i18n_train import translate_problem
 from app.ui.tabs.train_extras import build_continue, build_stage_curves
 from app.ui.tabs.train_runs import PRIVATE, build_monitor
 
@@ -27,7 +28,9 @@ INLINE_GROUPS = ("model", "method", "data")  # model: the Model tab; method and 
 
 
 def problems_markdown(ctx: StudioContext, lang: str, problems: list[Any]) -> str:
-    return "\n".join([f"**{ctx.t('msg.invalid_job', lang)}**", "", *(f"- {p}" for p in problems)])
+    """The problems of a job, one bullet each, in the page's language (names and numbers kept)."""
+    lines = [translate_problem(str(p), lang) for p in problems]
+    return "\n".join([f"**{ctx.t('msg.invalid_job', lang)}**", "", *(f"- {line}" for line in lines)])
 
 
 def build(ctx: StudioContext) -> None:
@@ -81,21 +84,22 @@ def build(ctx: StudioContext) -> None:
 
     def on_estimate(lang_: str, *args: Any) -> tuple[Any, str]:
         name, values = values_of(args)
+        empty = pd.DataFrame(columns=[ctx.t("col.part", lang_), ctx.t("col.mb", lang_)])
         try:
             job = estimate_job(values, name, ctx.dataset_dir, ctx.runs_dir)
             info = ctx.model_info(name, fetch=False)
         except ConfigError as exc:
-            return pd.DataFrame(columns=["part", "MB"]), problems_markdown(ctx, lang_, exc.problems)
+            return empty, problems_markdown(ctx, lang_, exc.problems)
         except ModelSourceError as exc:
-            return pd.DataFrame(columns=["part", "MB"]), f"⚠ {exc}"
+            return empty, f"⚠ {exc}"
         except Exception as exc:  # noqa: BLE001 - unreadable model folder: say so, no traceback
-            return pd.DataFrame(columns=["part", "MB"]), f"⚠ {type(exc).__name__}: {exc}"
+            return empty, f"⚠ {type(exc).__name__}: {exc}"
         hw = ctx.hardware()
         estimate = estimate_memory(info, job, on_gpu=hw.device == "cuda")
         device = "GPU" if hw.gpus else "RAM"
         key = "msg.over_budget" if estimate.total_mb > hw.budget_mb else "msg.fits"
         note = ctx.t(key, lang_, need=estimate.total_mb, have=hw.budget_mb, device=device)
-        return plots.memory_frame(estimate), note
+        return plots.memory_frame(estimate, lambda key, **v: ctx.t(key, lang_, **v)), note
 
     triggers = [c.change for c in fields] + [model[0].change, model[1].submit, model[1].blur, lang.change]
     gr.on(triggers, on_estimate, [lang, *model, *fields], [memory, memory_note], show_progress="hidden",
@@ -163,19 +167,19 @@ def build(ctx: StudioContext) -> None:
         job, problems = build_job(args, lang_)
         if job is None:
             return [problems, *skip]
-        data_problems = check_datasets(job.dataset_dir, job.datasets, job.stage)
-        if data_problems:
-            return [problems_markdown(ctx, lang_, data_problems[:20]), *skip]
         if job.output_dir and (Path(job.output_dir) / "events.jsonl").exists():
-            return [problems_markdown(ctx, lang_, [f"output_dir: run {Path(job.output_dir).name} exists; "
-                                                   "choose another name, or select it below and Resume"]), *skip]
+            return [problems_markdown(ctx, lang_, [ctx.t("msg.run_exists", "en", name=Path(job.output_dir).name)]),
+                    *skip]
+        problems = preflight(job)  # every mistake found now, before a worker spends a minute loading
+        if problems:
+            return [problems_markdown(ctx, lang_, problems), *skip]
         try:
             run = ctx.manager.submit(job)
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError) as exc:
             return [problems_markdown(ctx, lang_, [str(exc)]), *skip]
         queued = run.read_state().get("state") == "queued"
         message = ctx.t("msg.queued" if queued else "msg.started", lang_, name=run.name)
         job = run.job()
-        return [message, job.command_line(), job.to_yaml(), *monitor.show(run.name, activate=True)]
+        return [message, job.command_line(), job.to_yaml(), *monitor.show(run.name, activate=True, lang=lang_)]
 
     start.click(on_start, [lang, *model, *fields], [output, command, job_yaml, *monitor.outputs], **PRIVATE)

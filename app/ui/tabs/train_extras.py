@@ -6,6 +6,7 @@ and follow its timer.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import gradio as gr
@@ -13,6 +14,7 @@ import gradio as gr
 from app.ui import stage_plots
 from app.ui.context import StudioContext
 from app.ui.plots import color_map
+from app.ui.tabs.train_runs import PLOT_EVERY_S
 
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 
@@ -55,9 +57,14 @@ def build_stage_curves(ctx: StudioContext, monitor: Any) -> None:
         stage, events = _events(ctx, name)
         frame = stage_plots.metrics_frame(stage, events)
         length = stage_plots.length_frame(events) if stage == "grpo" else None
-        new_sig = (name, len(events))
-        if new_sig == sig:
+        empty = frame.empty and (length is None or length.empty)
+        ended = bool(events) and events[-1].get("kind") == "done"
+        # Like the loss curve (app.ui.tabs.train_runs): re-draw at most every PLOT_EVERY_S, at once when
+        # the run ends, and never to replace an empty hidden plot with another one.
+        if sig and sig[0] == name and (sig[1] == len(events) or (sig[3] and empty) or
+                                        (time.monotonic() - sig[2] < PLOT_EVERY_S and not ended)):
             return gr.skip(), gr.skip(), sig
+        new_sig = (name, len(events), time.monotonic(), empty)
         series = list(dict.fromkeys(frame["series"]))
         return (gr.update(value=frame if not frame.empty else None, visible=not frame.empty,
                           color_map=color_map(series)),
@@ -65,7 +72,7 @@ def build_stage_curves(ctx: StudioContext, monitor: Any) -> None:
                           visible=length is not None and not length.empty), new_sig)
 
     outputs = [metrics, lengths, signature]
-    monitor.timer.tick(refresh, [monitor.run, signature], outputs, show_progress="hidden", **PRIVATE)
+    monitor.timer.tick(refresh, [monitor.run, signature], outputs, show_progress="hidden", queue=False, **PRIVATE)
     monitor.run.change(refresh, [monitor.run, gr.State(None)], outputs, show_progress="hidden", **PRIVATE)
 
 

@@ -1,14 +1,24 @@
 """The Train tab's run monitor: run list, live curves of the selected run, stop/resume, comparison.
 
-Curves come from the run's events.jsonl, read by byte offset on a 1 s gr.Timer into a per-session
-LiveView (gr.State). The timer runs while some run is queued or running (it is switched on at page
-load when one is), and each tick calls `manager.refresh()` so that queued runs start.
+Curves come from the run's events.jsonl, read by byte offset on a gr.Timer into a per-session
+LiveView (gr.State). Watching must cost the training run nothing measurable (issue: 1.7x slower with a
+browser open, at a 1 s timer that re-sent both plots on every step). So:
+
+- the timer ticks every TICK_S seconds, and only while some run is queued or running;
+- a tick sends only what changed: the status line when its text changed; the run table at once when a
+  run appears or changes state, its step and loss columns (which the status line already shows live)
+  with the plots, at most every PLOT_EVERY_S seconds (each update makes the browser re-draw the whole
+  Vega chart or table), and at once when the run ends; the run pickers only when the list of names does;
+- a tick is a plain request (queue=False), not a queue round trip with status messages per output;
+- the queue is driven by the studio's scheduler thread (app.jobs.scheduler), not by ticks;
+- run summaries are incremental (app.jobs.summaries): a tick reads only the new bytes of each log.
 """
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
+import json
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -17,7 +27,8 @@ from app.train.runfolder import ACTIVE_STATES
 from app.ui import plots
 from app.ui.context import StudioContext
 
-TICK_S = 1.0
+TICK_S = 2.5
+PLOT_EVERY_S = 8.0
 RESUMABLE = ("stopped", "failed")
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 
@@ -35,8 +46,6 @@ class Monitor:
     timer: Any
     table_sig: Any
     compare: Any
-    _cache: tuple[list, list] | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def outputs(self) -> list[Any]:
@@ -44,31 +53,22 @@ class Monitor:
         return [self.table, self.table_sig, self.run, self.compare, self.view, self.loss, self.lr, self.status,
                 self.log, self.timer]
 
-    def _summaries(self) -> list[Any]:
-        """manager.summaries(), re-read only when some run folder's files changed (it parses every
-        events.jsonl, and every open page asks each second)."""
-        stamp = []
-        for run in self.ctx.manager.runs():
-            for file in (run.state_file, run.path / "events.jsonl", run.job_file):
-                try:
-                    stat = file.stat()
-                    stamp.append((str(file), stat.st_size, stat.st_mtime_ns))
-                except FileNotFoundError:
-                    stamp.append((str(file), -1, -1))
-        with self._lock:
-            if self._cache is None or self._cache[0] != stamp:
-                self._cache = (stamp, plots.with_best(self.ctx.manager.summaries()))
-            return self._cache[1]
-
-    def _table(self, sig: str | None) -> tuple[Any, Any, Any, Any, bool, list[str]]:
-        summaries = self._summaries()
-        frame = plots.runs_frame(summaries)
-        new_sig = frame.to_json()
+    def _table(self, sig: str | None, lang: str, numbers_due: bool = True) -> tuple[Any, ...]:
+        """(table, its signature, run picker, compare picker, whether a run is active, run names); each
+        of the first four is gr.skip() when the page already shows it."""
+        summaries = self.ctx.manager.summaries()
         names = [s.name for s in summaries]
         active = any(s.state in ACTIVE_STATES for s in summaries)
-        if new_sig == sig:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), active, names
-        return frame, new_sig, gr.update(choices=names), gr.update(choices=names), active, names
+        frame = plots.runs_frame(summaries, self.translator(lang))
+        shape = json.dumps([lang, [(s.name, s.state, s.error) for s in summaries]])
+        full = frame.to_json()
+        old_shape, _, old_full = (sig or "").partition("\n")
+        skip = gr.skip()
+        if shape == old_shape and (full == old_full or not numbers_due):
+            return skip, skip, skip, skip, active, names
+        old_names = [row[0] for row in json.loads(old_shape)[1]] if old_shape else None
+        pickers = (skip, skip) if old_names == names else (gr.update(choices=names), gr.update(choices=names))
+        return frame, f"{shape}\n{full}", *pickers, active, names
 
     def _read(self, view: plots.LiveView | None, name: str | None) -> tuple[plots.LiveView, bool]:
         if view is None or view.run != name:
@@ -83,36 +83,55 @@ class Monitor:
         fresh = view.offset == 0
         return view, view.feed(events, offset) or fresh
 
-    def _render(self, view: plots.LiveView) -> tuple[Any, Any, str, Any]:
+    def _status(self, view: plots.LiveView, lang: str) -> tuple[str, Any, bool]:
+        """(status line, log box update, whether the run has ended)."""
         if not view.run:
-            empty = plots.LiveView()
-            return (plots.loss_frame(empty), plots.lr_frame(empty), self.ctx.t("msg.no_runs"),
-                    gr.update(visible=False, value=""))
+            return self.ctx.t("msg.no_runs", lang), gr.update(visible=False, value=""), True
         run = self.ctx.manager.run(view.run)
         state = run.read_state()
         failed = state.get("state") == "failed" or (view.done or {}).get("state") == "failed"
         log = gr.update(visible=True, value=run.tail_log()) if failed else gr.update(visible=False)
-        return plots.loss_frame(view), plots.lr_frame(view), plots.status_line(view, state), log
+        ended = view.done is not None or state.get("state") not in ACTIVE_STATES
+        return plots.status_line(view, state, self.translator(lang), lang), log, ended
 
-    def show(self, name: str | None, activate: bool = False) -> list[Any]:
+    def translator(self, lang: str) -> plots.Translate:
+        return lambda key, **values: self.ctx.t(key, lang, **values)
+
+    def show(self, name: str | None, activate: bool = False, lang: str = "en") -> list[Any]:
         """Select run `name` (or the active / newest one when None): every output, curves from offset 0."""
         self.ctx.manager.refresh()
-        table, new_sig, _, compare_choices, active, names = self._table(None)
+        table, new_sig, _, compare_choices, active, names = self._table(None, lang)
         if name not in names:
             found = self.ctx.manager.active()
             name = found.name if found else (names[0] if names else None)
         view, _ = self._read(None, name)
-        return [table, new_sig, gr.update(choices=names, value=name), compare_choices, view, *self._render(view),
-                gr.Timer(active=active or activate)]
+        status, log, _ = self._status(view, lang)
+        view.plotted_at, view.status = time.monotonic(), status
+        view.plotted_offset = view.offset
+        return [table, new_sig, gr.update(choices=names, value=name), compare_choices, view,
+                plots.loss_frame(view), plots.lr_frame(view), status, log, gr.Timer(active=active or activate)]
 
-    def tick(self, view: plots.LiveView | None, name: str | None, sig: str | None) -> list[Any]:
-        self.ctx.manager.refresh()
-        table, new_sig, run_choices, compare_choices, active, names = self._table(sig)
+    def tick(self, view: plots.LiveView | None, name: str | None, sig: str | None, lang: str = "en") -> list[Any]:
+        due = time.monotonic() - (view.plotted_at if view else 0.0) >= PLOT_EVERY_S
+        table, new_sig, run_choices, compare_choices, active, names = self._table(sig, lang, numbers_due=due)
         if name not in names:
-            return self.show(name)
+            return self.show(name, lang=lang)
         view, changed = self._read(view, name)
-        rendered = list(self._render(view)) if changed else [gr.skip()] * 4
-        return [table, new_sig, run_choices, compare_choices, view, *rendered, gr.Timer(active=active)]
+        status, log, ended = self._status(view, lang)
+        skip = gr.skip()
+        status_out = skip if status == view.status else status
+        log_out = log if status_out is not skip else skip
+        due = due or ended
+        if view.offset != view.plotted_offset and due:
+            plots_out = [plots.loss_frame(view), plots.lr_frame(view)]
+            view.plotted_at, view.plotted_offset = time.monotonic(), view.offset
+        else:
+            plots_out = [skip, skip]
+        view.status = status
+        # Keep ticking until the plots show everything the run wrote (a run that just ended included).
+        pending = view.offset != view.plotted_offset
+        timer = skip if active or pending else gr.Timer(active=False)
+        return [table, new_sig, run_choices, compare_choices, view, *plots_out, status_out, log_out, timer]
 
 
 def build_monitor(ctx: StudioContext) -> Monitor:
@@ -142,28 +161,38 @@ def build_monitor(ctx: StudioContext) -> Monitor:
                       gr.State(None), compare)
     ctx.shared["train_monitor"] = monitor
 
-    monitor.timer.tick(monitor.tick, [monitor.view, run, monitor.table_sig], monitor.outputs,
-                       show_progress="hidden", trigger_mode="always_last", **PRIVATE)
-    ctx.demo.load(lambda name: monitor.show(name), run, monitor.outputs, **PRIVATE)
-    run.input(monitor.show, run, monitor.outputs, **PRIVATE)
-    refresh.click(monitor.show, run, monitor.outputs, **PRIVATE)
+    lang = ctx.shared["lang"]
+    # queue=False: one plain request per tick, not a queue round trip whose status messages the page
+    # processes for every output; the tick is quick (it reads a few bytes) and needs no queue slot.
+    monitor.timer.tick(monitor.tick, [monitor.view, run, monitor.table_sig, lang], monitor.outputs,
+                       show_progress="hidden", queue=False, **PRIVATE)
+    show = lambda name, lang_: monitor.show(name, lang=lang_)  # noqa: E731
+    ctx.demo.load(show, [run, lang], monitor.outputs, **PRIVATE)
+    run.input(show, [run, lang], monitor.outputs, **PRIVATE)
+    refresh.click(show, [run, lang], monitor.outputs, **PRIVATE)
+    lang.change(show, [run, lang], monitor.outputs, **PRIVATE)
 
     def on_stop(name: str | None, lang: str) -> str:
         if not name:
             return ctx.t("msg.no_run", lang)
-        ctx.manager.stop(name)
+        try:
+            ctx.manager.stop(name)
+        except KeyError:
+            return ctx.t("msg.no_such_run", lang, name=name)
         return ctx.t("msg.stopping", lang, name=name)
 
     def on_resume(name: str | None, lang: str) -> list[Any]:
         if not name:
-            return [ctx.t("msg.no_run", lang), *monitor.show(name)]
-        state = ctx.manager.run(name).read_state().get("state")
-        if state not in RESUMABLE:
-            return [f"{name}: {state}", *monitor.show(name)]
-        ctx.manager.resume(name)
-        return [ctx.t("msg.resumed", lang, name=name), *monitor.show(name, activate=True)]
-
-    lang = ctx.shared["lang"]
+            return [ctx.t("msg.no_run", lang), *monitor.show(name, lang=lang)]
+        try:
+            state = ctx.manager.run(name).read_state().get("state")
+            if state not in RESUMABLE:
+                return [ctx.t("msg.not_resumable", lang, name=name, state=ctx.t(f"state.{state}", lang)),
+                        *monitor.show(name, lang=lang)]
+            ctx.manager.resume(name)
+        except (KeyError, RuntimeError) as exc:
+            return [f"⚠ {exc}", *monitor.show(name, lang=lang)]
+        return [ctx.t("msg.resumed", lang, name=name), *monitor.show(name, activate=True, lang=lang)]
     stop.click(on_stop, [run, lang], message, **PRIVATE).then(
         lambda: gr.Timer(active=True), None, monitor.timer, **PRIVATE)
     resume.click(on_resume, [run, lang], [message, *monitor.outputs], **PRIVATE)

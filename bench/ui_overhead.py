@@ -1,0 +1,169 @@
+"""Does watching a run in the browser slow it down? The same short job from the CLI and from the Train
+tab with the page open (live curve, status line, run table), one after the other, interleaved.
+
+    .venv/bin/python bench/ui_overhead.py [--steps 24] [--repeat 2] [--repo PATH]
+
+Each round: `ftstudio train job.yaml` in a child process (no studio page open), then the same job
+started by clicking Start in headless Chromium (Playwright + /usr/bin/chromium) with the Train tab left
+open until the run ends. Both are the same worker on the same job (embedded SmolLM2-135M-Instruct,
+identity set, LoRA, batch 2, cutoff 256, logging every step). Reported: real tokens/s of each run
+from its events.jsonl (tokens trained between the third logged step and the last, over that time),
+their means, and the ratio browser / CLI; and, since on a shared machine tokens/s drift more than the
+effect being measured, the CPU the watching itself costs: CPU seconds used by the studio process
+(without its workers) and by Chromium while the run trains, per second of training, in cores.
+`--repo` runs the studio (and the worker) from another
+checkout, e.g. the code before a change, for a before/after on the same machine.
+
+The machine is shared and its speed drifts: rounds alternate CLI and browser, and repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, Studio  # noqa: E402
+
+JOB = {"dataset": "identity", "cutoff_len": 256, "per_device_train_batch_size": 2,
+       "gradient_accumulation_steps": 1, "learning_rate": 5e-4, "logging_steps": 1, "save_steps": 1000,
+       }
+
+
+def tokens_per_s(run: Path) -> float:
+    logs = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    logs = [e for e in logs if e.get("kind") == "log" and not e.get("final") and e.get("tokens") is not None]
+    if len(logs) < 4:
+        raise RuntimeError(f"{run}: too few log events to measure")
+    first, last = logs[2], logs[-1]  # skip the warm-up steps
+    return (last["tokens"] - first["tokens"]) / (last["t"] - first["t"])
+
+
+def env_for(repo: Path) -> dict[str, str]:
+    return os.environ | {"PYTHONPATH": str(repo), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+
+
+def run_cli(repo: Path, root: Path, name: str, steps: int) -> float:
+    job = root / f"{name}.yaml"
+    keys = JOB | {"max_steps": steps, "dataset_dir": str(root / "datasets"), "output_dir": str(root / "runs" / name)}
+    job.write_text("".join(f"{k}: {v}\n" for k, v in keys.items()))
+    subprocess.run([sys.executable, "-m", "app.cli", "train", str(job)], cwd=root, env=env_for(repo), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return tokens_per_s(root / "runs" / name)
+
+
+def watcher_cpu(studio: Studio) -> dict[str, float]:
+    """CPU seconds used so far by the studio process itself (not its workers) and by every Chromium process."""
+    import psutil
+
+    def cpu(proc: psutil.Process) -> float:
+        try:
+            times = proc.cpu_times()
+            return times.user + times.system
+        except psutil.Error:
+            return 0.0
+
+    chromium = [p for p in psutil.Process().children(recursive=True) if "chrom" in p.name().lower()]
+    return {"studio": cpu(psutil.Process(studio.proc.pid)), "chromium": sum(cpu(p) for p in chromium)}
+
+
+def run_browser(browser, studio: Studio, name: str, steps: int, costs: list[dict[str, float]]) -> float:
+    page = browser.new_page(viewport=VIEWPORT)
+    page.set_default_timeout(120_000)
+    page.goto(studio.url, timeout=240_000)
+    page.wait_for_selector("#model-load", state="visible", timeout=240_000)
+    page.get_by_role("tab", name="Train").click()
+    page.wait_for_selector("#group-basic")
+    fields = {k: v for k, v in JOB.items() if k not in ("dataset", "save_steps", "logging_steps")}
+    for key, value in (fields | {"max_steps": steps}).items():
+        box = page.locator(f"#field-{key} input, #field-{key} textarea").first
+        box.fill(str(value))
+        box.press("Tab")
+    page.get_by_text("Advanced", exact=True).click()
+    for key, value in (("logging_steps", 1), ("save_steps", 1000), ("output_dir", name)):
+        box = page.locator(f"#field-{key} input, #field-{key} textarea").first
+        box.fill(str(value))
+        box.press("Tab")
+    idle_cpu, idle_t = watcher_cpu(studio), time.time()  # the same page with nothing running: the floor
+    page.wait_for_timeout(10_000)
+    idle_end = watcher_cpu(studio)
+    idle = {f"idle_{k}": (idle_end[k] - idle_cpu[k]) / (time.time() - idle_t) for k in idle_end}
+    page.click("#train-start")
+    run = studio.runs / name
+    deadline = time.time() + 1800
+    start_cpu, start_t = None, 0.0
+    while time.time() < deadline:  # the page stays open on the Train tab, its curve updating
+        state = json.loads((run / "state.json").read_text()) if (run / "state.json").exists() else {}
+        if state.get("state") in ("finished", "failed", "stopped"):
+            break
+        events = run / "events.jsonl"
+        if start_cpu is None and events.exists() and '"kind": "log"' in events.read_text():
+            start_cpu, start_t = watcher_cpu(studio), time.time()  # from the first step on: watching, not setup
+        page.wait_for_timeout(1000)
+    if start_cpu is not None:
+        end_cpu, wall = watcher_cpu(studio), time.time() - start_t
+        costs.append({k: (end_cpu[k] - start_cpu[k]) / wall for k in end_cpu} | idle)
+    page.close()
+    if state.get("state") != "finished":
+        raise RuntimeError(f"browser run {name} ended {state}")
+    return tokens_per_s(run)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repo", type=Path, default=REPO, help="checkout whose studio and worker run")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a kill still stops the studio and its workers
+    import browser_support
+    from playwright.sync_api import sync_playwright
+
+    repo = args.repo.resolve()
+    browser_support.REPO = repo  # the studio subprocess (and the workers it starts) run this checkout
+    root = Path(tempfile.mkdtemp(prefix="ftstudio-ui-overhead-"))
+    studio = Studio(root)
+    cli, ui, costs = [], [], []
+    try:
+        studio.start()
+        with sync_playwright() as play:
+            browser = play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            for i in range(args.repeat):
+                cli.append(run_cli(repo, root, f"cli-{i}", args.steps))
+                print(f"round {i + 1}: CLI      {cli[-1]:7.1f} tokens/s", flush=True)
+                ui.append(run_browser(browser, studio, f"ui-{i}", args.steps, costs))
+                cost = costs[-1] if costs else {}
+                print(f"round {i + 1}: browser  {ui[-1]:7.1f} tokens/s   watching used: studio "
+                      f"{cost.get('studio', 0):.3f} cores, Chromium {cost.get('chromium', 0):.3f} cores", flush=True)
+            browser.close()
+    finally:
+        studio.stop()
+        studio.kill_workers()
+        shutil.rmtree(root, ignore_errors=True)
+    ratio = statistics.mean(ui) / statistics.mean(cli)
+    print(f"\ncode: {repo}\nCLI     mean {statistics.mean(cli):7.1f} tokens/s  {[round(x, 1) for x in cli]}\n"
+          f"browser mean {statistics.mean(ui):7.1f} tokens/s  {[round(x, 1) for x in ui]}\n"
+          f"browser / CLI = {ratio:.3f}  ({(1 - ratio) * 100:+.1f}% slower with the Train tab open)")
+    if costs:
+        studio_cores = statistics.mean(c["studio"] for c in costs)
+        chromium_cores = statistics.mean(c["chromium"] for c in costs)
+        print(f"CPU used by watching, while training: studio {studio_cores:.3f} + Chromium {chromium_cores:.3f} "
+              f"= {studio_cores + chromium_cores:.3f} cores (the same page idle, nothing running: studio "
+              f"{statistics.mean(c['idle_studio'] for c in costs):.3f}, Chromium "
+              f"{statistics.mean(c['idle_chromium'] for c in costs):.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

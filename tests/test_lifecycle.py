@@ -1,0 +1,38 @@
+"""The worker lifecycle shared by every kind of job: the done event, state.json and worker.log per run."""
+
+from __future__ import annotations
+
+import logging
+
+from app.config import EvalConfig
+from app.train.lifecycle import setup_logging, supervise
+from app.train.runfolder import RunFolder
+
+
+def _run(tmp_path, name: str) -> RunFolder:
+    run = RunFolder(tmp_path / name)
+    run.create(EvalConfig(output_dir=str(run.path)))
+    return run
+
+
+def test_two_jobs_in_one_process_log_into_their_own_folders(tmp_path):
+    first, second = _run(tmp_path, "first"), _run(tmp_path, "second")
+    for run, word in ((first, "alpha"), (second, "beta")):
+        setup_logging(run)
+        assert supervise(run, lambda ctx, w=word: (logging.getLogger("t").info(w), ("finished", None))[1]) == 0
+    assert "alpha" in first.log_file.read_text() and "beta" not in first.log_file.read_text()
+    assert "beta" in second.log_file.read_text()
+    assert [e["state"] for e in first.events.read_all() if e["kind"] == "done"] == ["finished"]
+
+
+def test_a_failing_body_ends_failed_with_its_error(tmp_path):
+    run = _run(tmp_path, "bad")
+    setup_logging(run)
+
+    def body(ctx):
+        raise ValueError("val_size: 5 leaves no training rows")
+
+    assert supervise(run, body) == 1
+    state = run.read_state()
+    assert state["state"] == "failed" and "val_size" in state["error"]
+    assert "Traceback" in run.log_file.read_text()  # the traceback stays in the run's own log

@@ -1,0 +1,113 @@
+"""Two browser sessions starting and stopping runs at once, in headless Chromium against one studio.
+
+Both pages Start a run at the same moment: one runs, the other queues (one training at a time, whoever
+clicked); each page's run table shows both. One page stops the running run, the other stops the queued
+one: both end `stopped` (never `failed`, never started after their Stop), no worker is left alive,
+and both pages show it, one of them in Chinese (state names, table headers, status line).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, Studio
+
+pytestmark = pytest.mark.browser
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"{CHROMIUM} not found (apt-get install chromium; Debian's chromium is required)",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+
+@pytest.fixture(scope="module")
+def studio() -> Iterator[Studio]:
+    root = Path(tempfile.mkdtemp(prefix="ftstudio-two-sessions-"))
+    server = Studio(root)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.kill_workers()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def open_train_tab(browser, studio: Studio):
+    context = browser.new_context(viewport=VIEWPORT)  # a separate session: its own cookies and state
+    page = context.new_page()
+    page.set_default_timeout(120_000)
+    page.goto(studio.url, timeout=240_000)
+    page.wait_for_selector("#model-load", state="visible", timeout=240_000)
+    page.get_by_role("tab", name="Train").click()
+    page.wait_for_selector("#group-basic")
+    return page
+
+
+def set_field(page, name: str, value: str) -> None:
+    box = page.locator(f"#field-{name} input, #field-{name} textarea").first
+    box.fill(value)
+    box.press("Tab")
+
+
+def state_of(studio: Studio, name: str) -> dict:
+    path = studio.runs / name / "state.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def test_two_sessions_start_and_stop_at_once(studio):
+    from app.jobs.process import group_alive
+
+    with sync_api.sync_playwright() as play:
+        browser = play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        pages = {name: open_train_tab(browser, studio) for name in ("alpha", "beta")}
+        for name, page in pages.items():
+            set_field(page, "max_steps", "500")
+            set_field(page, "cutoff_len", "64")
+            page.get_by_text("Advanced", exact=True).click()
+            set_field(page, "output_dir", name)
+        for page in pages.values():  # both Start "at once": the second click does not wait for the first
+            page.click("#train-start", no_wait_after=True)
+        for page in pages.values():
+            page.wait_for_function("['alpha', 'beta'].every(n => document.querySelector('#train-runs')"
+                                   ".innerText.includes(n))", timeout=120_000)
+        deadline = time.time() + 60  # the table lists a run from its job.yaml, written just before its state
+        while time.time() < deadline and not all(state_of(studio, name).get("state") for name in pages):
+            time.sleep(0.1)
+        states = {name: state_of(studio, name).get("state") for name in pages}
+        assert sorted(states.values()) == ["queued", "running"], states  # one training at a time
+        running = next(n for n, s in states.items() if s == "running")
+        queued = next(n for n, s in states.items() if s == "queued")
+        pgid = state_of(studio, running)["pgid"]
+
+        # Each page stops one run: the queued one from one session, the running one from the other.
+        for page, name in ((pages[queued], queued), (pages[running], running)):
+            page.locator("#train-run input").fill(name)
+            page.get_by_role("option", name=name).click()
+            page.click("#train-stop")
+        for page in pages.values():
+            page.wait_for_function("(document.querySelector('#train-runs').innerText.match(/stopped/g) || [])"
+                                   ".length === 2", timeout=240_000)
+        assert state_of(studio, running)["state"] == "stopped" and state_of(studio, queued)["state"] == "stopped"
+        assert "pid" not in state_of(studio, queued) or not state_of(studio, queued)["pid"]  # never started
+        deadline = time.time() + 120  # it wrote `stopped` on its way out; the process exits just after
+        while group_alive(pgid) and time.time() < deadline:
+            time.sleep(0.2)
+        assert group_alive(pgid) == []
+
+        # The other session, in Chinese: state names, the run table's headers, the status line.
+        page = pages[queued]
+        page.click("#studio-lang input")
+        page.get_by_role("option", name="中文").click()
+        page.wait_for_function("document.querySelector('#train-runs').innerText.includes('已停止')", timeout=60_000)
+        table = page.inner_text("#train-runs")
+        assert "状态" in table and "名称" in table and "stopped" not in table
+        page.wait_for_function("document.querySelector('#train-status').innerText.includes('已停止')",
+                               timeout=60_000)
+        browser.close()
