@@ -34,12 +34,12 @@ def dpo_like_loss(log_probs: torch.Tensor) -> torch.Tensor:
     return -torch.nn.functional.logsigmoid(0.1 * (chosen - rejected)).mean() + log_probs.sum() * 1e-3
 
 
-def both_paths(model, batch: dict) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+def both_paths(model, batch: dict, logits_head: bool = True) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
     """(log_probs, gradients) through the two-row forward, then through the shared-prompt one."""
     results = []
     for shared in (False, True):
         if shared:
-            shared_prompt.wrap_forward(model)
+            shared_prompt.wrap_forward(model, logits_head)
         model.zero_grad()
         out = fused_call(model, batch)
         dpo_like_loss(out.log_probs).backward()
@@ -157,11 +157,10 @@ def test_trl_dpo_loss_metrics_and_gradients_are_unchanged(tiny_llama, tmp_path, 
                           learning_rate=1e-3)
     assert trainer.shared_prompt  # on by default on CPU for a llama
     base = trainer.model.get_base_model() if method == "lora" else trainer.model
-    if method == "lora":
-        with torch.no_grad():  # a trained adapter, so that the policy differs from the reference
-            for name, param in trainer.model.named_parameters():
-                if "lora_B" in name:
-                    param.normal_(0, 0.02)
+    with torch.no_grad():  # as if trained, so that the policy differs from the reference
+        for name, param in trainer.model.named_parameters():
+            if param.requires_grad and (method == "full" or "lora_B" in name):
+                param.add_(torch.randn_like(param) * 0.02)
     rows = [trainer.train_dataset[i] for i in range(len(CONVERSATIONS))]
     assert len(rows[1]["prompt_ids"]) > len(rows[1]["chosen_ids"])  # system prompt and turns: the prompt dominates
     batch = trainer.data_collator(rows)
@@ -178,8 +177,28 @@ def test_trl_dpo_loss_metrics_and_gradients_are_unchanged(tiny_llama, tmp_path, 
     assert shared[0] == pytest.approx(two_rows[0], rel=1e-5, abs=1e-6)
     assert shared[1].keys() == two_rows[1].keys() and "rewards/margins" in shared[1]
     for key, value in two_rows[1].items():  # rewards (policy against reference), log-probs
-        assert shared[1][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
-    if loss == "sigmoid" and method == "lora":
-        assert shared[1]["rewards/margins"] != 0  # the reference (adapter off) differs from the policy
-    for a, b in zip(two_rows[2], shared[2], strict=True):
+        assert shared[1][key] == pytest.approx(value, rel=1e-4, abs=2e-4), key  # sums over ~40 tokens
+    assert abs(shared[1]["rewards/margins"]) > 1e-3  # the reference (adapter off, or the copy) is not the policy
+    for a, b in zip(two_rows[2], shared[2], strict=True):  # float sums in another order: relative to the largest
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
+
+
+@pytest.mark.parametrize("logits_head", [True, False])
+def test_chunked_fused_head_on_the_packed_rows(monkeypatch, logits_head):
+    """Where the kept logits would not fit, or WPO needs log_sum_sq_probs, TRL's chunked head scores the row."""
+    from app.train.fast_trainers import install_compact_dpo_head
+
+    monkeypatch.setattr(shared_prompt, "KEPT_LOGITS_MAX", 0 if logits_head else shared_prompt.KEPT_LOGITS_MAX)
+    model = tiny_family("llama")
+    install_compact_dpo_head(model, outputs=("log_probs", "log_sum_sq_probs"))
+    batch = collate(PAIRS)
+    (two_rows, two_grads), (shared, shared_grads) = both_paths(model, batch, logits_head)
+    with torch.no_grad():
+        shared_prompt.wrap_forward(model, logits_head)
+        weights = fused_call(model, batch).log_sum_sq_probs
+        shared_prompt.uninstall(model)
+        expected = fused_call(model, batch).log_sum_sq_probs
+    torch.testing.assert_close(weights, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(shared, two_rows, rtol=1e-5, atol=1e-5)
+    for a, b in zip(two_grads, shared_grads, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)

@@ -81,7 +81,7 @@ class FastDPOMixin:
         extra = ("log_sum_sq_probs",) if getattr(self, "use_weighting", False) else ()  # WPO's weights
         install_compact_dpo_head(base, ref=self.ref_model, outputs=("log_probs", *extra))
         # One row per pair with the prompt computed once, where the model and device allow (README, Training speed)
-        self.shared_prompt = shared_prompt.install([base, self.ref_model], self.args.device)
+        self.shared_prompt = shared_prompt.install([base, self.ref_model], self.args.device, logits_head=not extra)
 
     def log(self, logs: dict, *args, **kwargs):
         for metrics in self._metrics.values():  # DPOTrainer.log merges these into the logs

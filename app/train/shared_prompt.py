@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
+from app.train import loss_head
+
 log = logging.getLogger(__name__)
 
 # Decoder families whose attention takes a custom 4D mask and rotary positions from `position_ids`;
@@ -45,6 +47,7 @@ ATTENTION = ("sdpa", "eager")  # FlashAttention / flex build their own masks fro
 PER_TOKEN = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 # inputs the wrapped call may carry (None-valued ones are dropped first); anything else: original path
 ACCEPTED = {"input_ids", "attention_mask", "labels", "use_cache", "fused_lm_head"}
+KEPT_LOGITS_MAX = 64 * 2**20  # kept logits (float32, 256 MB) beyond which the chunked fused head runs instead
 
 
 def unsupported_reason(model: torch.nn.Module, device: torch.device | str) -> str | None:
@@ -148,8 +151,16 @@ def _mask(packed: Packed, model: torch.nn.Module, dtype: torch.dtype) -> torch.T
     return blocked.masked_fill(~packed.allowed, torch.finfo(dtype).min)
 
 
-def wrap_forward(model: torch.nn.Module) -> None:
-    """Route the model's fused-head calls with TRL's pair layout through one packed row per pair."""
+def _logits_fit(packed: Packed, model: torch.nn.Module) -> bool:
+    kept = int((packed.labels[:, 1:] != -100).any(dim=0).sum()) * packed.labels.size(0)
+    return kept * model.get_output_embeddings().weight.size(0) <= KEPT_LOGITS_MAX
+
+
+def wrap_forward(model: torch.nn.Module, logits_head: bool = True) -> None:
+    """Route the model's fused-head calls with TRL's pair layout through one packed row per pair.
+
+    The packed row's labels are scored from logits at the label positions (`logits_head`, where they fit
+    in KEPT_LOGITS_MAX), else by TRL's chunked fused head, which also gives WPO's log_sum_sq_probs."""
     from trl.trainer.utils import FusedCausalLMOutput
 
     forward = model.forward
@@ -163,11 +174,18 @@ def wrap_forward(model: torch.nn.Module) -> None:
         if packed is None or (window and packed.input_ids.size(1) > window):
             return forward(*args, **kwargs)
         dtype = model.get_input_embeddings().weight.dtype
-        out = forward(input_ids=packed.input_ids, attention_mask=_mask(packed, model, dtype),
-                      position_ids=packed.position_ids, labels=packed.labels, fused_lm_head=True, use_cache=False)
+        inputs = dict(input_ids=packed.input_ids, attention_mask=_mask(packed, model, dtype),
+                      position_ids=packed.position_ids)
+        label_mask = given["labels"][:, 1:] != -100
+        if logits_head and _logits_fit(packed, model):
+            log_probs = unpack(packed, loss_head.kept_log_probs(forward, packed.labels, **inputs))
+            zeros = torch.zeros_like(log_probs)  # the extras DPO's metrics read (dropped by FastDPOMixin)
+            return FusedCausalLMOutput(loss=-log_probs.sum() / label_mask.sum().clamp(min=1), log_probs=log_probs,
+                                       entropy=zeros, mean_logits=zeros, is_top1=zeros.bool(), label_mask=label_mask)
+        out = forward(**inputs, labels=packed.labels, fused_lm_head=True, use_cache=False)
         fields = {name: unpack(packed, getattr(out, name)) for name in PER_TOKEN if getattr(out, name) is not None}
         # The same label tokens as the two rows, so the fused head's loss (their mean) is unchanged
-        return FusedCausalLMOutput(loss=out.loss, label_mask=given["labels"][:, 1:] != -100, **fields)
+        return FusedCausalLMOutput(loss=out.loss, label_mask=label_mask, **fields)
 
     shared_prompt_forward.two_rows = forward
     model.forward = shared_prompt_forward
@@ -180,7 +198,7 @@ def uninstall(model: torch.nn.Module) -> None:
         model.forward = two_rows
 
 
-def install(models: list[torch.nn.Module | None], device: torch.device | str) -> bool:
+def install(models: list[torch.nn.Module | None], device: torch.device | str, logits_head: bool = True) -> bool:
     """Wrap each model (policy base, reference) where supported; True when the shared-prompt path is on."""
     present = [m for m in models if m is not None]
     reasons = [reason for m in present if (reason := unsupported_reason(m, device))]
@@ -188,6 +206,6 @@ def install(models: list[torch.nn.Module | None], device: torch.device | str) ->
         log.info("DPO: chosen and rejected as two rows each (%s)", reasons[0])
         return False
     for model in present:
-        wrap_forward(model)
+        wrap_forward(model, logits_head)
     log.info("DPO: one row per pair, the prompt computed once (shared-prompt attention mask)")
     return True
