@@ -69,7 +69,8 @@ def test_one_row_per_pair_gives_the_two_row_log_probs_and_gradients(model_type, 
     batch = collate(PAIRS)
     packed = shared_prompt.pack(batch["input_ids"], batch["attention_mask"],
                                 batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100))
-    assert packed is not None and packed.input_ids.shape == (3, 6 + 3 + 1 + 5)  # the longest pair, not 2 rows
+    assert packed is not None  # one row, no padding: each pair's prompt once, its answers, one repeated token
+    assert packed.input_ids.shape == (1, sum(len(p) + len(c) + 1 + len(r) for p, c, r in PAIRS))
     (two_rows, two_grads), (shared, shared_grads) = both_paths(model, batch)
     assert (two_rows != 0).sum() == sum(len(c) + len(r) for _, c, r in PAIRS)  # every label scored
     torch.testing.assert_close(shared, two_rows, rtol=1e-5, atol=1e-5)
@@ -202,3 +203,21 @@ def test_chunked_fused_head_on_the_packed_rows(monkeypatch, logits_head):
     torch.testing.assert_close(shared, two_rows, rtol=1e-5, atol=1e-5)
     for a, b in zip(two_grads, shared_grads, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_cpu_keeps_short_pairs_of_a_batch_in_one_micro_batch(tiny_llama, tmp_path):
+    """Packed pairs have no padding: on CPU the batch stays whole while pairs x cutoff_len is small."""
+    from app.config import JobConfig
+    from app.train.model_setup import apply_method, load_model
+
+    job = JobConfig(stage="dpo", model_name_or_path=str(tiny_llama), dataset="unused", cutoff_len=512,
+                    per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    model = apply_method(job, load_model(job, tiny_llama))  # LoRA: the PEFT wrapper is looked through
+    one_by_one = {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 8}  # app.train.batching
+    assert shared_prompt.micro_batch_arguments(job, model, one_by_one) == one_by_one | {
+        "per_device_train_batch_size": 2, "per_device_eval_batch_size": 2, "gradient_accumulation_steps": 4}
+    long = job.replace(cutoff_len=2048)
+    assert shared_prompt.micro_batch_arguments(long, model, one_by_one) == one_by_one | {
+        "per_device_train_batch_size": 1, "per_device_eval_batch_size": 1, "gradient_accumulation_steps": 8}
+    gpt2 = tiny_family("gpt2")  # two padded rows per pair: one pair at a time, as before
+    assert shared_prompt.micro_batch_arguments(job, gpt2, one_by_one) == one_by_one

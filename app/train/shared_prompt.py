@@ -47,6 +47,7 @@ ATTENTION = ("sdpa", "eager")  # FlashAttention / flex build their own masks fro
 PER_TOKEN = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 # inputs the wrapped call may carry (None-valued ones are dropped first); anything else: original path
 ACCEPTED = {"input_ids", "attention_mask", "labels", "use_cache", "fused_lm_head"}
+PACKED_ROW_TOKENS = 1024  # pairs x cutoff_len kept in one micro-batch on CPU (see micro_batch_arguments)
 KEPT_LOGITS_MAX = 64 * 2**20  # kept logits (float32, 256 MB) beyond which the chunked fused head runs instead
 
 
@@ -68,13 +69,13 @@ def unsupported_reason(model: torch.nn.Module, device: torch.device | str) -> st
 
 @dataclass
 class Packed:
-    """One row per pair, and where each per-token output of TRL's two-row layout comes from."""
+    """The pairs in one row, and where each per-token output of TRL's two-row layout comes from."""
 
-    input_ids: torch.Tensor  # [pairs, T]
-    position_ids: torch.Tensor  # [pairs, T]
-    allowed: torch.Tensor  # [pairs, 1, T, T] bool: query i may attend key j
-    labels: torch.Tensor  # [pairs, T]
-    source: torch.Tensor  # [2 * pairs, L - 1] index into the packed outputs flattened ([pairs * (T - 1)])
+    input_ids: torch.Tensor  # [1, T]
+    position_ids: torch.Tensor  # [1, T]
+    allowed: torch.Tensor  # [1, 1, T, T] bool: query i may attend key j
+    labels: torch.Tensor  # [1, T]
+    source: torch.Tensor  # [2 * pairs, L - 1] index into the packed row's outputs ([T - 1])
     valid: torch.Tensor  # [2 * pairs, L - 1] bool: the output position has a label
 
 
@@ -92,7 +93,8 @@ def _span(labels: torch.Tensor, attention: torch.Tensor) -> tuple[int, int] | No
 
 
 def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> Packed | None:
-    """TRL's [chosen rows; rejected rows] batch as one row per pair, or None when its layout differs."""
+    """TRL's [chosen rows; rejected rows] batch as one row holding every pair (prompt, chosen, rejected,
+    pair after pair, no padding; each pair sees only itself), or None when its layout differs."""
     rows, width = input_ids.shape
     if rows % 2 or attention_mask.shape != input_ids.shape or labels.shape != input_ids.shape:
         return None
@@ -106,39 +108,42 @@ def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Te
         if not torch.equal(input_ids[b, :prompt], input_ids[b + pairs, :prompt]):
             return None
         spans.append((prompt, chosen[1], rejected[1]))
-    length = max(p + c + 1 + r for p, c, r in spans)
+    length = sum(p + c + 1 + r for p, c, r in spans)
     device = input_ids.device
-    ids = input_ids.new_zeros(pairs, length)
-    positions = torch.zeros(pairs, length, dtype=torch.long, device=device)
-    segment = torch.full((pairs, length), 3, dtype=torch.long, device=device)  # 3: padding
-    packed_labels = torch.full((pairs, length), -100, dtype=labels.dtype, device=device)
+    ids = input_ids.new_zeros(1, length)
+    positions = torch.zeros(1, length, dtype=torch.long, device=device)
+    pair = torch.zeros(length, dtype=torch.long, device=device)
+    branch = torch.zeros(length, dtype=torch.long, device=device)  # 0 shared prompt, 1 chosen, 2 rejected
+    packed_labels = torch.full((1, length), -100, dtype=labels.dtype, device=device)
     source = torch.zeros(rows, width - 1, dtype=torch.long, device=device)
     valid = torch.zeros(rows, width - 1, dtype=torch.bool, device=device)
+    at = 0  # where the pair starts in the packed row
     for b, (p, c, r) in enumerate(spans):
-        cut = p + c  # the chosen row's real tokens; the rejected part starts after it
-        ids[b, :cut] = input_ids[b, :cut]
-        ids[b, cut] = input_ids[b, p - 1]  # the prompt's last token again, for the rejected branch
-        ids[b, cut + 1:cut + 1 + r] = input_ids[b + pairs, p:p + r]
-        positions[b, :cut] = torch.arange(cut, device=device)
-        positions[b, cut:cut + 1 + r] = torch.arange(p - 1, p + r, device=device)
-        segment[b, :p - 1] = 0  # shared prompt
-        segment[b, p - 1:cut] = 1  # chosen branch (with the prompt's last token)
-        segment[b, cut:cut + 1 + r] = 2  # rejected branch (with its copy of it)
-        packed_labels[b, p:cut] = labels[b, p:cut]
-        packed_labels[b, cut + 1:cut + 1 + r] = labels[b + pairs, p:p + r]
-        base = b * (length - 1)  # output k of a row predicts token k + 1
-        source[b, p - 1:cut - 1] = base + torch.arange(p - 1, cut - 1, device=device)
-        valid[b, p - 1:cut - 1] = True
-        source[b + pairs, p - 1:p - 1 + r] = base + torch.arange(cut, cut + r, device=device)
+        cut = at + p + c  # the chosen row's real tokens end; the rejected part starts here
+        ids[0, at:cut] = input_ids[b, :p + c]
+        ids[0, cut] = input_ids[b, p - 1]  # the prompt's last token again, for the rejected branch
+        ids[0, cut + 1:cut + 1 + r] = input_ids[b + pairs, p:p + r]
+        positions[0, at:cut] = torch.arange(p + c, device=device)
+        positions[0, cut:cut + 1 + r] = torch.arange(p - 1, p + r, device=device)
+        pair[at:cut + 1 + r] = b
+        branch[at + p - 1:cut] = 1  # the chosen branch, with the prompt's last token
+        branch[cut:cut + 1 + r] = 2  # the rejected branch, with its copy of it
+        packed_labels[0, at + p:cut] = labels[b, p:p + c]
+        packed_labels[0, cut + 1:cut + 1 + r] = labels[b + pairs, p:p + r]
+        # output k of the packed row predicts its token k + 1
+        source[b, p - 1:p + c - 1] = torch.arange(at + p - 1, cut - 1, device=device)
+        valid[b, p - 1:p + c - 1] = True
+        source[b + pairs, p - 1:p - 1 + r] = torch.arange(cut, cut + r, device=device)
         valid[b + pairs, p - 1:p - 1 + r] = True
-    query, key = segment[:, :, None], segment[:, None, :]
+        at = cut + 1 + r
     causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
-    allowed = causal & ((key == 0) | (key == query))
-    return Packed(ids, positions, allowed[:, None], packed_labels, source, valid)
+    same_pair = pair[:, None] == pair[None, :]
+    allowed = causal & same_pair & ((branch[None, :] == 0) | (branch[None, :] == branch[:, None]))
+    return Packed(ids, positions, allowed[None, None], packed_labels, source, valid)
 
 
 def unpack(packed: Packed, value: torch.Tensor) -> torch.Tensor:
-    """A per-token output of the packed rows ([pairs, T - 1]) in TRL's two-row layout (zero off-label)."""
+    """A per-token output of the packed row ([1, T - 1]) in TRL's two-row layout (zero off-label)."""
     gathered = value.reshape(-1)[packed.source]
     return torch.where(packed.valid, gathered, torch.zeros((), dtype=value.dtype, device=value.device))
 
@@ -196,6 +201,26 @@ def uninstall(model: torch.nn.Module) -> None:
     two_rows = getattr(model.forward, "two_rows", None)
     if two_rows is not None:
         model.forward = two_rows
+
+
+def micro_batch_arguments(job, model: torch.nn.Module, arguments: dict) -> dict:
+    """Trainer arguments for DPO on CPU with packed pairs: several pairs per micro-batch, in one row.
+
+    app.train.batching runs one pair per micro-batch on CPU (two padded rows per pair would waste
+    compute on padding, and attention is quadratic in a flattened batch's length). Packed pairs have no
+    padding, and bigger matrix products run faster per token on CPU: the pairs of a batch stay together
+    while `pairs x cutoff_len` stays within PACKED_ROW_TOKENS (the packed row's length is at most about
+    that for answers shorter than their prompt). Same update: DPO averages over the pairs of the batch.
+    Measured (SmolLM2-135M, LoRA r8 q/v, bench pairs of about 60 packed tokens, CPU s per pair): 1 pair
+    per micro-batch 0.95, 2 pairs 0.83, 4 pairs 0.71."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under PEFT's wrapper
+    if unsupported_reason(base, "cuda" if torch.cuda.is_available() else "cpu"):
+        return arguments
+    pairs = job.per_device_train_batch_size
+    keep = max(k for k in range(1, pairs + 1) if pairs % k == 0 and (k == 1 or k * job.cutoff_len <= PACKED_ROW_TOKENS))
+    total = arguments["per_device_train_batch_size"] * arguments["gradient_accumulation_steps"]
+    return arguments | dict(per_device_train_batch_size=keep, per_device_eval_batch_size=keep,
+                            gradient_accumulation_steps=total // keep)
 
 
 def install(models: list[torch.nn.Module | None], device: torch.device | str, logits_head: bool = True) -> bool:
