@@ -1,12 +1,13 @@
 """The serving engine's linear layers on CPU through oneDNN with prepacked weights.
 
-Where the batched decode step lost its time (SmolLM2-135M, fp32, one CPU core, FIELD-NOTES): all 211
-linear layers of one step took 46 ms for 1 row and 100-110 ms for 16 rows through `F.linear` (MKL sgemm
-packs the weight matrix again at every call, and its small-batch path is slow), but 38-40 ms and 56 ms
+Where the batched decode step lost its time (SmolLM2-135M, fp32, one CPU core, README "Serving"): all 211
+linear layers of one step took 46 ms for 1 row and 100-110 ms for 16 rows through `F.linear` (MKL sgemm;
+MKL's own prepacked weights, `torch.ops.mkl._mkl_linear`, took 96-101 ms), but 38-40 ms and 56 ms
 through oneDNN with the weights reordered once into its blocked layout (the op torch's Inductor uses for
-frozen CPU linears, `torch.ops.mkldnn._linear_pointwise`). oneDNN also gives every row the same numbers
-whether it runs alone or in a batch of any size (MKL's one-row path rounds differently from its
-many-row path), which is what "each greedy answer equals the request alone" rests on.
+frozen CPU linears, `torch.ops.mkldnn._linear_pointwise`). oneDNN also rounds a row the same in a batch
+of 2 to 64 rows; only its one-row kernel differs, and only for one of SmolLM2's five shapes (1536 -> 576),
+where MKL rounded batches of 1, 2, 3 and 5 rows differently from 64 for all five. Sending a lone row through as two
+copies would make even that exact, but cost a single stream 25% (52 -> 65 ms a step): not done.
 
 The model object stays a plain transformers model: the packed path is taken only inside `engaged()`,
 which the engine's scheduler enters for its own forward passes; anyone else calling the same model
