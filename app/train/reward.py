@@ -63,8 +63,11 @@ def load_reward_model(path: str | Path, dtype: Any = None) -> tuple[Any, Any]:
         if config.get("task_type") != "SEQ_CLS":
             raise ValueError(f"reward_model: the adapter in {folder} is a {config.get('task_type')} adapter, not a "
                              "reward model (train one with stage: rm)")
-        base = AutoModelForSequenceClassification.from_pretrained(config["base_model_name_or_path"], num_labels=1,
-                                                                   dtype=dtype)
+        from app.models.rope import base_arguments_for
+
+        base_dir = config["base_model_name_or_path"]
+        base = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1, dtype=dtype,
+                                                                   **base_arguments_for(folder, base_dir))
         model = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
     else:
         model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, dtype=dtype)
