@@ -36,6 +36,7 @@ RUN_STRINGS: dict[str, dict[str, str]] = {
     "col.part": {"en": "part", "zh": "组成部分"},
     "col.mb": {"en": "MB", "zh": "MB"},
     "mem.weights": {"en": "weights", "zh": "权重"},
+    "mem.reference model": {"en": "reference model", "zh": "参考模型"},
     "mem.gradients": {"en": "gradients", "zh": "梯度"},
     "mem.optimizer": {"en": "optimizer", "zh": "优化器状态"},
     "mem.activations": {"en": "activations", "zh": "激活值"},
