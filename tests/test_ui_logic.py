@@ -211,6 +211,27 @@ def test_upload_mapping_and_validation(tmp_path):
         "messages": "conversations"}
 
 
+def test_upload_a_kto_set_with_its_kto_tag_column(tmp_path):
+    from app.data.catalogue import register_dataset
+
+    conversations = REPO / "data" / "kto_demo.json"  # LF's KTO layout: messages + a true/false "label"
+    mapping = ds.guess_mapping("openai", False, ds.file_columns(conversations))
+    assert mapping == {"messages": "messages", "kto_tag": "label"}
+    rows, stage, problems = ds.validate_upload(conversations, "openai", False, mapping)
+    assert (stage, problems) == ("kto", []) and rows > 0
+    spec = register_dataset(tmp_path, "my_kto", conversations, formatting="openai",
+                            columns=ds.entry_columns("openai", False, mapping))
+    assert spec.stage == "kto" and ds.datasets_for_stage(tmp_path, "kto") == ["my_kto"]
+    assert ds.datasets_for_stage(tmp_path, "sft") == []
+    flat = tmp_path / "flat.jsonl"  # alpaca columns with a good/bad tag
+    flat.write_text("\n".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}", "kto_tag": i % 2 == 0})
+                              for i in range(4)) + "\n")
+    mapping = ds.guess_mapping("alpaca", False, ds.file_columns(flat))
+    assert mapping == {"prompt": "instruction", "response": "output", "kto_tag": "kto_tag"}
+    assert ds.validate_upload(flat, "alpaca", False, mapping) == (4, "kto", [])
+    assert "kto_tag" not in ds.roles_for("alpaca", True)  # preference pairs carry no tag
+
+
 # -- launching --------------------------------------------------------------------------------
 def test_binding_beyond_loopback_needs_auth(capsys):
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
