@@ -243,3 +243,19 @@ def test_binding_beyond_loopback_needs_auth(capsys):
             parse_auth(host, auth)
     assert webui_main(host="0.0.0.0", port=1, auth=None) == 2
     assert "--auth" in capsys.readouterr().err
+
+
+def test_reward_model_runs_are_not_offered_as_chat_models(tmp_path):
+    from app.train.runfolder import RunFolder
+    from app.ui.context import StudioContext
+    from app.ui.tabs.chat import finished_runs, reward_model_runs
+
+    for name, stage, state in (("chatty", "sft", "finished"), ("scorer", "rm", "finished"),
+                               ("prefs", "dpo", "finished"), ("half", "sft", "running")):
+        run = RunFolder(tmp_path / "runs" / name)
+        run.create(JobConfig(stage=stage, output_dir=str(run.path)))
+        run.write_state(state=state)
+        (run.path / "adapter").mkdir()
+    ctx = StudioContext(tmp_path / "runs", tmp_path)
+    assert sorted(finished_runs(ctx)) == ["chatty", "prefs"]  # Chat, Evaluate, Export and Loop pickers
+    assert reward_model_runs(ctx) == ["scorer"]  # what GRPO's reward_model can name
