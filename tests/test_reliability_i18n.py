@@ -67,6 +67,11 @@ def test_memory_table_in_chinese():
     ("lora_rank: must be a whole number, got 'a'", "lora_rank：必须是整数，当前为 'a'"),
     ("learning_rat: unknown key (did you mean learning_rate?)", "learning_rat：未知的配置项 (是否想用 learning_rate?)"),
     ("dataset: data/x.json, row 3, field 'output': missing", "dataset：data/x.json，第 3 行，字段 “output”：missing"),
+    ("early_stopping_steps: stage grpo has no eval loss to watch (it scores its generations with rewards): "
+     "remove early_stopping_steps",
+     "early_stopping_steps：grpo 阶段没有可监测的评估损失（它用奖励为生成结果打分）：请移除 early_stopping_steps"),
+    ("load_best_model_at_end: needs an eval loss: set val_size or eval_dataset",
+     "load_best_model_at_end：需要评估损失：请设置 val_size 或 eval_dataset"),
     ("job.yaml: not valid YAML: mapping values are not allowed here at line 2, column 9",
      "job.yaml：YAML 格式错误：mapping values are not allowed here（第 2 行，第 9 列）"),
     ("template: unknown template 'x' (built-ins: chatml, qwen; or a path to a .jinja file)",

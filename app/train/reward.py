@@ -20,6 +20,7 @@ from app.train.checkpoints import AtomicCheckpointMixin
 def build_reward_trainer(job: JobConfig, model, tokenizer, data, output_dir: Path, callbacks: list):
     from trl import RewardConfig, RewardTrainer
 
+    from app.train import tracking
     from app.train.recipes import _config, keep_trainable_fp32, trainer_arguments
 
     class StudioRewardTrainer(AtomicCheckpointMixin, RewardTrainer):
@@ -31,7 +32,7 @@ def build_reward_trainer(job: JobConfig, model, tokenizer, data, output_dir: Pat
         max_length=job.cutoff_len,
     ))
     trainer = StudioRewardTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                                  processing_class=tokenizer, callbacks=callbacks)
+                                  processing_class=tokenizer, callbacks=callbacks + tracking.callbacks(job, callbacks))
     keep_trainable_fp32(trainer.model)
     return trainer
 

@@ -45,6 +45,11 @@ MESSAGE_PATTERNS: list[tuple[re.Pattern[str], str]] = [(re.compile(p), zh) for p
      "数据集 “{d}” 没有偏好数据对（需要 ranking: true 以及 chosen/rejected 列）：不能用于 {s}"),
     (r"^dataset '(?P<d>[^']+)' is an? (?P<k>.+) dataset: it cannot be used for (?P<s>\w+)$",
      "数据集 “{d}” 是 {k} 数据集：不能用于 {s}"),
+    # app.config.job: early stopping and the best checkpoint
+    (r"^(?P<key>\w+): stage grpo has no eval loss to watch .*$",
+     "{key}：grpo 阶段没有可监测的评估损失（它用奖励为生成结果打分）：请移除 {key}"),
+    (r"^(?P<key>\w+): needs an eval loss: set val_size or eval_dataset$",
+     "{key}：需要评估损失：请设置 val_size 或 eval_dataset"),
     # a problem located in a file without a row (app.data.errors.Problem)
     (r"^(?P<where>[^,]+?), field '(?P<field>[^']+)': (?P<msg>.+)$", "{where}，字段 “{field}”：{msg}"),
 ]]
