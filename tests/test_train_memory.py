@@ -150,3 +150,26 @@ def test_reward_models_and_kto_hold_what_their_trainers_hold(info):
             assert sum(parts) == pytest.approx(with_ref.total_mb)  # counted in the total
     assert est(info, stage="rm", finetuning_type="full").reference_mb == 0
     assert est(info, stage="dpo", pref_loss="simpo", finetuning_type="full").reference_mb == 0  # no reference
+
+
+def test_the_train_tab_estimate_uses_the_rows_the_worker_will_train_on(smol_tokenizer):
+    """Before anything is tokenized, the Train tab reads the rows' lengths from the dataset insight; they
+    are the lengths the worker measures after tokenizing (so both give the same estimate), cut rows too."""
+    from app.datatools.insight_report import estimate_rows
+    from app.models.source import resolve_model_path
+    from app.train.memory_plan import training_rows
+    from app.train.recipes import prepare_data
+
+    for cutoff in (1024, 48):
+        job = JobConfig(dataset="identity", cutoff_len=cutoff, val_size=0)
+        worker = training_rows(prepare_data(job, smol_tokenizer, use_cache=False).train)
+        ui = estimate_rows(job.dataset_dir, job.datasets, None, None, cutoff)
+        if cutoff == 1024:  # uncut: every row's tokens and label tokens agree
+            assert sorted(ui) == sorted(worker)
+        else:  # cut at 48: the same longest rows; a row cut inside its answer's last tokens may count as kept
+            assert max(ui)[0] == max(worker)[0] == cutoff and abs(len(ui) - len(worker)) <= len(worker) // 10
+        info = describe_model(str(resolve_model_path(None)))
+        ours = estimate_memory(info, job, on_gpu=False, rows=ui)
+        theirs = estimate_memory(info, job, on_gpu=False, rows=worker)
+        assert ours.total_mb == pytest.approx(theirs.total_mb, rel=0.02)
+    assert estimate_rows(".", ["no_such_set"], None, None, 1024) is None
