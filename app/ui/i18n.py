@@ -70,6 +70,7 @@ STRINGS: dict[str, dict[str, str]] = {
     "data.col.messages": {"en": "Messages column (messages)", "zh": "消息列 (messages)"},
     "data.col.chosen": {"en": "Chosen column (chosen)", "zh": "优选回答列 (chosen)"},
     "data.col.rejected": {"en": "Rejected column (rejected)", "zh": "劣选回答列 (rejected)"},
+    "data.col.kto_tag": {"en": "Good/bad tag column, KTO (kto_tag)", "zh": "好/坏标记列，KTO (kto_tag)"},
     "data.col.text": {"en": "Text column (text)", "zh": "文本列 (text)"},
     "msg.no_file": {"en": "Upload a file first.", "zh": "请先上传文件。"},
     "msg.valid": {"en": "✓ {rows} rows are valid for {stage}.", "zh": "✓ {rows} 行数据可用于 {stage}。"},
