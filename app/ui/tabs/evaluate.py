@@ -156,7 +156,8 @@ def build(ctx: StudioContext) -> None:
         chosen = ctx.make(gr.Dropdown, "eval.compare", choices=[], multiselect=True, scale=5, elem_id="eval-compare")
         refresh = ctx.make(gr.Button, "eval.refresh", size="sm", scale=0, min_width=90, elem_id="eval-refresh")
     message = gr.Markdown("", elem_id="eval-compare-message")
-    metrics = ctx.make(gr.Dataframe, "eval.metrics", interactive=False, wrap=True, elem_id="eval-metrics")
+    metrics = ctx.make(gr.Dataframe, "eval.metrics", value=compare.metrics_frame([]), interactive=False, wrap=True,
+                       elem_id="eval-metrics")
     bars = []
     for start_at in (0, 3):
         with gr.Row():
@@ -172,8 +173,8 @@ def build(ctx: StudioContext) -> None:
         worst = ctx.make(gr.Button, "eval.worst", size="sm", elem_id="eval-worst")
         every = ctx.make(gr.Button, "eval.all", size="sm", elem_id="eval-all")
         csv = ctx.make(gr.DownloadButton, "eval.csv", value=None, size="sm", elem_id="eval-csv")
-    predictions = ctx.make(gr.Dataframe, "eval.predictions", interactive=False, wrap=True, max_height=520,
-                           elem_id="eval-predictions")
+    predictions = ctx.make(gr.Dataframe, "eval.predictions", value=compare.predictions_frame([]), interactive=False,
+                           wrap=True, max_height=520, elem_id="eval-predictions")
     table = gr.State(None)
 
     with ctx.make(gr.Accordion, "eval.judge", open=False, elem_id="eval-judge"):
@@ -337,7 +338,10 @@ def build_compare(ctx: StudioContext, lang: Any, chosen: Any, message: Any, metr
     """Wire the comparison: runs picked -> metrics, bars, predictions, CSV; best/worst/all re-rank the rows."""
 
     def on_compare(names: list[str] | None, lang_: str) -> list[Any]:
-        empty = [None] * (2 + len(bars))
+        t = translator(ctx, lang_)
+        # nothing picked (or unreadable): the tables keep their headers, in the page's language
+        empty = [eval_view.localised(compare.metrics_frame([]), t), *[None] * len(bars),
+                 widths(compare.predictions_frame([]), t)]
         if not names:
             return [ctx.t("eval.msg.pick", lang_), *empty, None, gr.update(value=None)]
         try:
@@ -346,7 +350,6 @@ def build_compare(ctx: StudioContext, lang: Any, chosen: Any, message: Any, metr
         except compare.CompareError as exc:
             return [_problems([str(exc)]), *empty, None, gr.update(value=None)]
         numbers = compare.metrics_frame(runs)
-        t = translator(ctx, lang_)
         charts = []
         for key in BARS:
             chart = compare.bar_frame(numbers, key)
@@ -370,8 +373,7 @@ def build_compare(ctx: StudioContext, lang: Any, chosen: Any, message: Any, metr
     chosen.change(on_compare, [chosen, lang], outputs, **PRIVATE).then(
         perplexity_axis, chosen, bars[BARS.index("perplexity")], **PRIVATE)
     # the tables' headers follow the language (the CSV keeps the English column names scripts read)
-    lang.change(lambda names, lang_: on_compare(names, lang_) if names else [gr.skip()] * len(outputs),
-                [chosen, lang], outputs, **PRIVATE)
+    lang.change(on_compare, [chosen, lang], outputs, **PRIVATE)
 
     def rank(how: str):
         def on_rank(held: Any, lang_: str) -> Any:
