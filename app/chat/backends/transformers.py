@@ -30,6 +30,7 @@ from app.chat.backends.base import Load, Sampling, StreamResult, UnknownModelErr
 from app.chat.backends.common import ChatMethods, fit_to_window
 from app.chat.batching import Row, Scheduler
 from app.chat.decoding import RowDecoder
+from app.models.rope import base_arguments_for
 from app.models.source import EMBEDDED_ID, is_embedded, resolve_model_path
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,10 @@ class TransformersBackend(ChatMethods):
     def is_adapter(self, name: str) -> bool:
         return name in self._targets and name != self.base_name
 
-    def context_window(self) -> int:
-        return int(getattr(self.base.config, "max_position_embeddings", 0) or 0)
+    def context_window(self, model: str | None = None) -> int:
+        """Positions the model named `model` covers (a rope-scaled run's adapter covers more than the base)."""
+        config = (self._target(model).model or self.base).config
+        return int(getattr(config, "max_position_embeddings", 0) or 0)
 
     def add_adapter(self, name: str, path: str | Path, check_base: bool = True) -> str:
         """Load a run folder, LoRA adapter folder or full model folder under `name`; returns the name.
@@ -162,7 +165,23 @@ class TransformersBackend(ChatMethods):
             if check_base:
                 raise BaseMismatchError(message)
             log.warning(message)
+        stretched = base_arguments_for(source.path, self.base_path)
+        if stretched:  # trained with rope_scaling: the adapter needs a base with the same positions
+            return self._load_lora_on_own_base(name, source, tokenizer, stretched)
         return self._load_lora(name, source, tokenizer)
+
+    def _load_lora_on_own_base(self, name: str, source: AdapterSource, tokenizer: Any,
+                               base_arguments: dict[str, Any]) -> Target:
+        """A LoRA whose run stretched RoPE: its own copy of the base, loaded as in training (it batches on
+        its own, like a full fine-tuned model; the shared base keeps its own positions)."""
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(self.base_path, dtype=self.dtype, **base_arguments)
+        try:
+            model = PeftModel.from_pretrained(base, str(source.path))
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise AdapterError(f"Could not load adapter '{name}' from {source.path}: {exc}") from exc
+        return Target(tokenizer, model=model.to(self.device).eval(), path=source.path)
 
     def _load_lora(self, name: str, source: AdapterSource, tokenizer: Any) -> Target:
         from peft import PeftModel
@@ -205,7 +224,7 @@ class TransformersBackend(ChatMethods):
     # ------------------------------------------------------------------ generation
     def submit(self, prompt_ids: list[int], model: str | None, sampling: Sampling) -> StreamResult:
         target = self._target(model)
-        sampling.max_new_tokens = fit_to_window(len(prompt_ids), sampling.max_new_tokens, self.context_window())
+        sampling.max_new_tokens = fit_to_window(len(prompt_ids), sampling.max_new_tokens, self.context_window(model))
         constraint = None
         if sampling.json_schema is not None:
             from app.chat.constrain import JsonConstraint, available
