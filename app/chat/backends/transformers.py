@@ -181,7 +181,9 @@ class TransformersBackend(ChatMethods):
             model = PeftModel.from_pretrained(base, str(source.path))
         except (ValueError, RuntimeError, KeyError) as exc:
             raise AdapterError(f"Could not load adapter '{name}' from {source.path}: {exc}") from exc
-        return Target(tokenizer, model=model.to(self.device).eval(), path=source.path)
+        model = model.to(self.device).eval()
+        packed.pack_linears(model)
+        return Target(tokenizer, model=model, path=source.path)
 
     def _load_lora(self, name: str, source: AdapterSource, tokenizer: Any) -> Target:
         from peft import PeftModel
