@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from app.chat import packed
 from app.chat.adapters import AdapterError, AdapterSource, BaseMismatchError, base_matches, resolve_adapter
 from app.chat.backends.base import Load, Sampling, StreamResult, UnknownModelError, UnsupportedError
 from app.chat.backends.common import ChatMethods, fit_to_window
@@ -78,6 +79,7 @@ class TransformersBackend(ChatMethods):
         self.tokenizer = load_tokenizer(self.base_path)
         self.base: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
             self.base_path, dtype=self.dtype).to(self.device).eval()
+        packed.pack_linears(self.base)  # CPU fp32: the engine's steps run on oneDNN-packed weights
         self._peft: Any = None  # the PeftModel wrapping self.base, once a LoRA adapter is added
         self._active: str | None = None  # the PEFT adapter set active last
         self._targets: dict[str, Target] = {self.base_name: Target(self.tokenizer)}
@@ -153,6 +155,7 @@ class TransformersBackend(ChatMethods):
         tokenizer = self._tokenizer_for_source(source)
         if source.kind == "full":
             model = AutoModelForCausalLM.from_pretrained(source.path, dtype=self.dtype).to(self.device).eval()
+            packed.pack_linears(model)
             return Target(tokenizer, model=model, path=source.path)
         if not base_matches(source, self.base_path, self.model_ref):
             claimed = ", ".join(repr(c) for c in source.trained_on or [])
@@ -178,7 +181,9 @@ class TransformersBackend(ChatMethods):
             model = PeftModel.from_pretrained(base, str(source.path))
         except (ValueError, RuntimeError, KeyError) as exc:
             raise AdapterError(f"Could not load adapter '{name}' from {source.path}: {exc}") from exc
-        return Target(tokenizer, model=model.to(self.device).eval(), path=source.path)
+        model = model.to(self.device).eval()
+        packed.pack_linears(model)
+        return Target(tokenizer, model=model, path=source.path)
 
     def _load_lora(self, name: str, source: AdapterSource, tokenizer: Any) -> Target:
         from peft import PeftModel
@@ -253,6 +258,10 @@ class TransformersBackend(ChatMethods):
 
     def _forward(self, rows: list[Row], inputs: dict[str, Any]) -> torch.Tensor:
         """The last position's logits for a batch of rows that share weights."""
+        with packed.engaged():
+            return self._forward_rows(rows, inputs)
+
+    def _forward_rows(self, rows: list[Row], inputs: dict[str, Any]) -> torch.Tensor:
         target: Target = rows[0].target
         inputs = {self._cache_kw if k == "past_key_values" else k: v for k, v in inputs.items()}
         extra: dict[str, Any] = {}
