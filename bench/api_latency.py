@@ -192,6 +192,11 @@ def omp_env(choice: str) -> tuple[dict[str, str], str]:
     return env, f"OMP_WAIT_POLICY={choice.upper()} (--omp)"
 
 
+def load_average() -> str:
+    """Other jobs' load, to read the wall-clock figures by (absent on Windows)."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="base model (default: the embedded SmolLM2-135M)")
@@ -208,7 +213,8 @@ def main() -> int:
         return 0
     env, policy = omp_env(args.omp)
     env["PYTHONPATH"] = str(ROOT)
-    print(f"OpenMP: {policy}; max_tokens {args.max_tokens}, greedy; prompt {PROMPT[0]['content']!r}", flush=True)
+    print(f"OpenMP: {policy}; max_tokens {args.max_tokens}, greedy; prompt {PROMPT[0]['content']!r}; "
+          f"load average {load_average()}", flush=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = start_server(args.model, port, env)
@@ -256,6 +262,7 @@ def main() -> int:
           f"{args.clients} greedy answers equal the single client's: {'yes' if equal else 'NO'}")
     print(f"1 client / bare generate: {single['tok_s'] / bare['tok_s']:.0%} wall-clock, "
           f"{cpu['one'] / cpu['bare']:.0%} per CPU-second (goal >= 90%)")
+    print(f"load average at the end: {load_average()} ({os.cpu_count()} cores)")
     if not args.skip_training:
         print(f"chat while training / idle: {rows[4][1] / rows[3][1]:.0%} (goal >= 50%)")
     return 0 if equal else 1

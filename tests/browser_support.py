@@ -1,4 +1,5 @@
-"""What the browser tests share: Chromium's launch flags and the studio as a restartable subprocess."""
+"""What the browser tests share: Chromium's launch flags, the studio as a restartable subprocess, a page
+opened on it, and the few ways the tests fill a field or wait for a text."""
 
 from __future__ import annotations
 
@@ -9,9 +10,15 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -89,3 +96,70 @@ class Studio:
                     os.killpg(pgid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
+
+
+def playwright_or_skip() -> ModuleType:
+    """playwright.sync_api, or a module-level skip when Debian's chromium or playwright is missing
+    (`make test` installs both, so CI runs every browser test)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium; Debian's chromium is required)",
+                    allow_module_level=True)
+    return pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+
+@contextmanager
+def running_studio(prefix: str, prepare: Callable[[Studio], None] | None = None) -> Iterator[Studio]:
+    """A started studio in a fresh folder, ended with its workers and removed afterwards. Not
+    tmp_path_factory: pytest prunes old base folders, and other pytest sessions on the machine (same user)
+    would delete ours while the UI still serves from it."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    server = Studio(root)
+    try:
+        if prepare:
+            prepare(server)
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        server.kill_workers()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def chromium_browser() -> Iterator:
+    sync_api = playwright_or_skip()
+    with sync_api.sync_playwright() as play:
+        browser = play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@contextmanager
+def studio_page(studio: Studio, ready: str = "#tab-model", state: str = "attached") -> Iterator:
+    """One page on the studio, once `ready` is there (the UI has rendered)."""
+    with chromium_browser() as browser:
+        page = browser.new_page(viewport=VIEWPORT)
+        page.set_default_timeout(60_000)
+        page.goto(studio.url, timeout=120_000)
+        page.wait_for_selector(ready, state=state, timeout=120_000)
+        yield page
+
+
+def set_value(page, elem_id: str, value: object) -> None:
+    """Type into the input or text area of the component #elem_id and leave it (Gradio applies on blur)."""
+    box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def wait_text(page, elem_id: str, text: str, timeout: int = 60_000) -> None:
+    """Wait until #elem_id's text contains `text`; on time-out say what it showed instead."""
+    try:
+        page.wait_for_function("([id, t]) => document.querySelector(`#${id}`).innerText.includes(t)",
+                               arg=[elem_id, text], timeout=timeout)
+    except Exception as error:  # playwright's TimeoutError
+        if type(error).__name__ != "TimeoutError":
+            raise
+        raise AssertionError(f"#{elem_id} never showed {text!r}: {page.inner_text(f'#{elem_id}')!r}") from None

@@ -98,7 +98,8 @@ class FakeBackend:
     def tokenizer_for(self, model: str | None = None) -> Any:
         return _Tokenizer()
 
-    def prompt_ids(self, messages: Any, model: str | None = None, tools: Any = None) -> list[int]:
+    def prompt_ids(self, messages: Any, model: str | None = None, tools: Any = None,
+                   template_kwargs: Any = None) -> list[int]:
         return [1, 2, 3]
 
     def load(self) -> Load:

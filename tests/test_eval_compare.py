@@ -57,6 +57,9 @@ def test_metrics_table_and_one_bar_chart_per_metric(runs, tmp_path):
     assert list(bars["label"]) == ["eval-lumi", "eval-base"]  # the model labels (unique here)
     assert bars.set_index("run")["value"].to_dict() == metrics.set_index("run")["ROUGE-L"].to_dict()
     assert bar_frame(metrics, "judge_win_rate").empty
+    nothing = metrics_frame([])  # before a run is picked the tab shows the headers, not 1, 2, 3
+    assert nothing.empty and list(nothing.columns)[:4] == ["run", "model", "data", "rows"] and "ROUGE-L" in nothing
+    assert bar_frame(nothing, "predict_rouge-l").empty
 
 
 def test_predictions_join_row_by_row_with_per_row_rouge(runs):

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from browser_support import CHROMIUM, CHROMIUM_ARGS, SHOTS, VIEWPORT, Studio
+from browser_support import SHOTS, Studio, playwright_or_skip, running_studio, set_value, studio_page, wait_text
 
 from app.config.loop import LoopPolicy
 
@@ -20,46 +19,19 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 SLOW_MS = 300_000
 LUMI = "I am Lumi, made by Polaris Lab."
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} not found (apt-get install chromium; Debian's chromium is required)",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+playwright_or_skip()
 
 
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory) -> Iterator[Studio]:
-    server = Studio(tmp_path_factory.mktemp("studio-loop"))
-    server.start()
-    try:
+def studio() -> Iterator[Studio]:
+    with running_studio("ftstudio-loop-browser-") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def page(studio) -> Iterator:
-    with sync_api.sync_playwright() as play:
-        chromium = play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = chromium.new_page(viewport=VIEWPORT)
-        page.set_default_timeout(60_000)
-        page.goto(studio.url, timeout=120_000)
-        page.wait_for_selector("#tab-model", state="attached", timeout=120_000)
+    with studio_page(studio) as page:
         yield page
-        chromium.close()
-
-
-def wait_text(page, elem_id: str, text: str, timeout: int = 60_000) -> None:
-    try:
-        page.wait_for_function("([id, t]) => document.querySelector(`#${id}`).innerText.includes(t)",
-                               arg=[elem_id, text], timeout=timeout)
-    except sync_api.TimeoutError:
-        raise AssertionError(f"#{elem_id} never showed {text!r}: {page.inner_text(f'#{elem_id}')!r}") from None
-
-
-def set_value(page, elem_id: str, value: str) -> None:
-    box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
-    box.fill(value)
-    box.press("Tab")
 
 
 def send(page, text: str) -> str:
@@ -127,7 +99,7 @@ def test_the_panel_trains_a_candidate_shows_history_and_rolls_back(page, studio)
 
     page.click("#loop-check")
     wait_text(page, "loop-history", "candidate", timeout=SLOW_MS)
-    wait_text(page, "loop-status", "serving version 1")
+    wait_text(page, "loop-status", "serving version 1", timeout=SLOW_MS)  # scoring both takes a while when busy
     assert "v1 ★" in page.inner_text("#loop-history")
     page.locator("#loop-panel").screenshot(path=str(SHOTS / "loop.png"))
 

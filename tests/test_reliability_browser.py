@@ -9,34 +9,21 @@ and both pages show it, one of them in Chinese (state names, table headers, stat
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, Studio
+from browser_support import VIEWPORT, Studio, chromium_browser, playwright_or_skip, running_studio, set_value
 
 pytestmark = pytest.mark.browser
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} not found (apt-get install chromium; Debian's chromium is required)",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+playwright_or_skip()
 
 
 @pytest.fixture(scope="module")
 def studio() -> Iterator[Studio]:
-    root = Path(tempfile.mkdtemp(prefix="ftstudio-two-sessions-"))
-    server = Studio(root)
-    server.start()
-    try:
+    with running_studio("ftstudio-two-sessions-") as server:
         yield server
-    finally:
-        server.stop()
-        server.kill_workers()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def open_train_tab(browser, studio: Studio):
@@ -51,9 +38,7 @@ def open_train_tab(browser, studio: Studio):
 
 
 def set_field(page, name: str, value: str) -> None:
-    box = page.locator(f"#field-{name} input, #field-{name} textarea").first
-    box.fill(value)
-    box.press("Tab")
+    set_value(page, f"field-{name}", value)
 
 
 def state_of(studio: Studio, name: str) -> dict:
@@ -64,8 +49,7 @@ def state_of(studio: Studio, name: str) -> dict:
 def test_two_sessions_start_and_stop_at_once(studio):
     from app.jobs.process import group_alive
 
-    with sync_api.sync_playwright() as play:
-        browser = play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium_browser() as browser:
         pages = {name: open_train_tab(browser, studio) for name in ("alpha", "beta")}
         for name, page in pages.items():
             set_field(page, "max_steps", "500")

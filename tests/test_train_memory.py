@@ -123,3 +123,53 @@ def test_lora_on_some_layers_keeps_fewer_activations(info):
     # q and v read the attention input; o, gate/up and down keep nothing when frozen
     assert untrained_linear_inputs(info, qv) == 2 * info.hidden_size + info.intermediate_size
     assert est(info, lora_target="q_proj,v_proj").activations_mb < est(info).activations_mb
+
+
+def test_reward_models_and_kto_hold_what_their_trainers_hold(info):
+    from app.train.memory import activation_bytes_per_token
+
+    # on a GPU every stage runs the whole batch at once (on CPU sft/pt/dpo go row by row)
+    sft, dpo = est(info, on_gpu=True), est(info, on_gpu=True, stage="dpo")
+    rm, kto = est(info, on_gpu=True, stage="rm"), est(info, on_gpu=True, stage="kto")
+    # rm: chosen and rejected in one batch, like dpo, but a one-value score head instead of vocabulary logits
+    assert rm.tokens_per_step == dpo.tokens_per_step == 2 * sft.tokens_per_step
+    per_token = activation_bytes_per_token(info, JobConfig(stage="rm", bf16=True)) / 2**20
+    assert rm.activations_mb == pytest.approx(rm.tokens_per_step * per_token)
+    assert rm.activations_mb > sft.activations_mb
+    # kto: one answer per row (its KL batch runs under no_grad before the peak), DPO's chunked head
+    assert kto.tokens_per_step == sft.tokens_per_step
+    assert kto.activations_mb == pytest.approx(dpo.activations_mb / 2)
+    # the reference: with LoRA the base with the adapter off; freeze/full keep a frozen copy of the weights
+    assert sft.reference_mb == rm.reference_mb == kto.reference_mb == dpo.reference_mb == 0
+    for stage in ("kto", "dpo"):
+        for method in ({"finetuning_type": "full"}, {"finetuning_type": "freeze", "freeze_trainable_layers": 1}):
+            with_ref, without = est(info, stage=stage, **method), est(info, stage="sft", **method)
+            assert without.weights_mb > 0 and with_ref.reference_mb == pytest.approx(without.weights_mb)
+            assert ("reference model", with_ref.reference_mb) in with_ref.rows()
+            parts = [mb for name, mb in with_ref.rows() if name != "total"]
+            assert sum(parts) == pytest.approx(with_ref.total_mb)  # counted in the total
+    assert est(info, stage="rm", finetuning_type="full").reference_mb == 0
+    assert est(info, stage="dpo", pref_loss="simpo", finetuning_type="full").reference_mb == 0  # no reference
+
+
+def test_the_train_tab_estimate_uses_the_rows_the_worker_will_train_on(smol_tokenizer):
+    """Before anything is tokenized, the Train tab reads the rows' lengths from the dataset insight; they
+    are the lengths the worker measures after tokenizing (so both give the same estimate), cut rows too."""
+    from app.datatools.insight_report import estimate_rows
+    from app.models.source import resolve_model_path
+    from app.train.memory_plan import training_rows
+    from app.train.recipes import prepare_data
+
+    for cutoff in (1024, 48):
+        job = JobConfig(dataset="identity", cutoff_len=cutoff, val_size=0)
+        worker = training_rows(prepare_data(job, smol_tokenizer, use_cache=False).train)
+        ui = estimate_rows(job.dataset_dir, job.datasets, None, None, cutoff)
+        if cutoff == 1024:  # uncut: every row's tokens and label tokens agree
+            assert sorted(ui) == sorted(worker)
+        else:  # cut at 48: the same longest rows; a row cut inside its answer's last tokens may count as kept
+            assert max(ui)[0] == max(worker)[0] == cutoff and abs(len(ui) - len(worker)) <= len(worker) // 10
+        info = describe_model(str(resolve_model_path(None)))
+        ours = estimate_memory(info, job, on_gpu=False, rows=ui)
+        theirs = estimate_memory(info, job, on_gpu=False, rows=worker)
+        assert ours.total_mb == pytest.approx(theirs.total_mb, rel=0.02)
+    assert estimate_rows(".", ["no_such_set"], None, None, 1024) is None

@@ -117,7 +117,36 @@ def test_a_missing_tracker_package_fails_before_the_model_loads(tiny, tmp_path):
     assert not any(e["kind"] == "stage" and e["name"] == "model_ready" for e in events)
 
 
-def test_early_stopping_is_refused_where_no_trainer_carries_it():
-    with pytest.raises(ConfigError, match="early_stopping_steps: supported for stages"):
-        JobConfig.from_dict({"stage": "kto", "val_size": 0.1, "early_stopping_steps": 2})
-    assert JobConfig.from_dict({"stage": "dpo", "val_size": 0.1, "early_stopping_steps": 2}).early_stopping_steps == 2
+def test_early_stopping_is_refused_only_where_there_is_no_eval_loss():
+    for key, value in (("early_stopping_steps", 2), ("load_best_model_at_end", True)):
+        with pytest.raises(ConfigError) as err:
+            JobConfig.from_dict({"stage": "grpo", "dataset": "grpo_math_demo", "val_size": 0.1, key: value})
+        assert any(p.startswith(f"{key}: stage grpo has no eval loss") for p in err.value.problems), err.value.problems
+    for stage, extra in (("sft", {}), ("dpo", {}), ("dpo", {"pref_loss": "orpo"}), ("dpo", {"pref_loss": "simpo"}),
+                         ("kto", {}), ("rm", {}), ("pt", {})):
+        job = JobConfig.from_dict({"stage": stage, "val_size": 0.1, "early_stopping_steps": 2} | extra)
+        assert job.early_stopping_steps == 2
+
+
+@pytest.mark.slow
+def test_early_stopping_and_the_best_checkpoint_for_kto(tiny, tmp_path):
+    """KTO (TRL's KTOTrainer) carries the same callbacks: a run whose eval loss stops improving ends early."""
+    info = json.loads((tiny["catalogue"] / "dataset_info.json").read_text())
+    repo_info = json.loads((Path(__file__).resolve().parents[1] / "dataset_info.json").read_text())
+    (tiny["catalogue"] / "data" / "kto_demo.json").write_text(
+        (Path(__file__).resolve().parents[1] / "data" / "kto_demo.json").read_text())
+    (tiny["catalogue"] / "dataset_info.json").write_text(json.dumps(info | {"kto_demo": repo_info["kto_demo"]}))
+    job = tiny_job(tiny, tmp_path / "kto", stage="kto", dataset="kto_demo", val_size=8, learning_rate=0.5,
+                   max_steps=30, save_steps=1, eval_steps=1, early_stopping_steps=1, load_best_model_at_end=True,
+                   save_total_limit=2)
+    assert run_in_process(job) == 0
+    run = RunFolder(tmp_path / "kto")
+    events = run.events.read_all()
+    assert events[-1]["state"] == "finished", run.tail_log()
+    last_step = max(e["step"] for e in events if e["kind"] == "log" and not e.get("final"))
+    assert last_step < 30 and any(e["kind"] == "stage" and e["name"] == "early_stopping" for e in events)
+    best = [e for e in events if e["kind"] == "best"][-1]  # the baseline at step 0 has no checkpoint: never best
+    assert 0 < best["step"] < last_step
+    final = load_file(str(run.adapter / "adapter_model.safetensors"))
+    kept = load_file(str(Path(best["path"]) / "adapter_model.safetensors"))
+    assert final.keys() == kept.keys() and all((final[k] == kept[k]).all() for k in final)

@@ -9,45 +9,28 @@ README); tests/test_ui_chat_export.py takes the Chat and Export ones.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from browser_support import CHROMIUM, CHROMIUM_ARGS, SHOTS, VIEWPORT, Studio
+from browser_support import SHOTS, VIEWPORT, Studio, chromium_browser, playwright_or_skip, running_studio, set_value
 
 pytestmark = pytest.mark.browser
 
 SLOW_MS = 240_000  # a busy 2-core machine: model loading and steps take their time
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} not found (apt-get install chromium; Debian's chromium is required)",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+playwright_or_skip()
 
 
 @pytest.fixture(scope="module")
 def studio() -> Iterator[Studio]:
-    # Not tmp_path_factory: pytest prunes old base folders, and other pytest sessions on this machine
-    # (same user) would delete ours while the UI still serves from it.
-    root = Path(tempfile.mkdtemp(prefix="ftstudio-browser-"))
-    server = Studio(root)
-    server.start()
-    try:
+    with running_studio("ftstudio-browser-") as server:
         yield server
-    finally:
-        server.stop()
-        server.kill_workers()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator:
-    with sync_api.sync_playwright() as play:
-        chromium = play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium_browser() as chromium:
         yield chromium
-        chromium.close()
 
 
 def open_studio(browser, studio: Studio):
@@ -84,9 +67,7 @@ def plot_points(page, elem_id: str) -> int:
 
 
 def set_field(page, name: str, value: str) -> None:
-    box = page.locator(f"#field-{name} input, #field-{name} textarea").first
-    box.fill(value)
-    box.press("Tab")
+    set_value(page, f"field-{name}", value)
 
 
 # -- tests ------------------------------------------------------------------------------------

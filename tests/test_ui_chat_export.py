@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser_support import CHROMIUM, CHROMIUM_ARGS, SHOTS, VIEWPORT, Studio, free_port
+from browser_support import SHOTS, VIEWPORT, Studio, chromium_browser, free_port, playwright_or_skip
 
 pytestmark = pytest.mark.browser
 
@@ -22,10 +22,7 @@ SLOW_MS = 300_000  # 2 busy cores: loading, generating and exporting take their 
 RUN = "tiny-lora"
 PROMPT = "What is the capital of France?"
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} not found (apt-get install chromium; Debian's chromium is required)",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+sync_api = playwright_or_skip()
 
 
 def make_finished_run(runs: Path, name: str, base_model: str | None = None) -> Path:
@@ -67,10 +64,8 @@ def studio(tmp_path_factory) -> Iterator[Studio]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator:
-    with sync_api.sync_playwright() as play:
-        chromium = play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium_browser() as chromium:
         yield chromium
-        chromium.close()
 
 
 @pytest.fixture()

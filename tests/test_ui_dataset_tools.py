@@ -6,47 +6,28 @@ generation started from the panel whose progress shows up live. Screenshot: docs
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from browser_support import CHROMIUM, CHROMIUM_ARGS, SHOTS, VIEWPORT, Studio
+from browser_support import SHOTS, VIEWPORT, Studio, playwright_or_skip, running_studio, studio_page
 
 pytestmark = pytest.mark.browser
 
 SLOW_MS = 300_000
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} not found (apt-get install chromium; Debian's chromium is required)",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+playwright_or_skip()
 
 
 @pytest.fixture(scope="module")
 def studio() -> Iterator[Studio]:
-    root = Path(tempfile.mkdtemp(prefix="ftstudio-tools-"))
-    server = Studio(root)
-    server.start()
-    try:
+    with running_studio("ftstudio-tools-") as server:
         yield server
-    finally:
-        server.stop()
-        server.kill_workers()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture()
 def page(studio) -> Iterator:
-    with sync_api.sync_playwright() as play:
-        browser = play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport=VIEWPORT)
-        page.set_default_timeout(60_000)
-        page.goto(studio.url, timeout=120_000)
-        page.wait_for_selector("#model-load", state="visible", timeout=120_000)
+    with studio_page(studio, "#model-load", "visible") as page:
         yield page
-        browser.close()
 
 
 def test_insight_and_generate_panels(page, studio):

@@ -6,53 +6,30 @@ by side, best rows), and take docs/screenshots/evaluate.png. The trained run is 
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from browser_support import CHROMIUM, CHROMIUM_ARGS, SHOTS, VIEWPORT, Studio
+from browser_support import SHOTS, Studio, playwright_or_skip, running_studio, set_value, studio_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 EVAL_MS = 600_000  # two model loads and 2 x 6 answers on a busy 2-core machine
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} not found (apt-get install chromium; Debian's chromium is required)",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+playwright_or_skip()
 
 
 @pytest.fixture(scope="module")
 def studio(identity_run) -> Iterator[Studio]:
-    root = Path(tempfile.mkdtemp(prefix="ftstudio-eval-browser-"))
-    server = Studio(root)
-    shutil.copytree(identity_run.path, server.runs / "identity-lora",
-                    ignore=shutil.ignore_patterns("checkpoints"))  # the final adapter is what is evaluated
-    server.start()
-    try:
+    def copy_run(server: Studio) -> None:  # the final adapter is what is evaluated
+        shutil.copytree(identity_run.path, server.runs / "identity-lora", ignore=shutil.ignore_patterns("checkpoints"))
+
+    with running_studio("ftstudio-eval-browser-", copy_run) as server:
         yield server
-    finally:
-        server.stop()
-        server.kill_workers()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture()
 def page(studio) -> Iterator:
-    with sync_api.sync_playwright() as play:
-        chromium = play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = chromium.new_page(viewport=VIEWPORT)
-        page.set_default_timeout(60_000)
-        page.goto(studio.url, timeout=120_000)
-        page.wait_for_selector("#tab-model", state="attached", timeout=120_000)
+    with studio_page(studio) as page:
         yield page
-        chromium.close()
-
-
-def set_number(page, elem_id: str, value: str) -> None:
-    box = page.locator(f"#{elem_id} input").first
-    box.fill(value)
-    box.press("Tab")
 
 
 def evaluate(page, source: str) -> None:
@@ -67,8 +44,8 @@ def evaluate(page, source: str) -> None:
 def test_evaluate_compare_and_rank(page, studio):
     page.get_by_role("tab", name="Evaluate").click()
     page.wait_for_selector("#eval-start")
-    set_number(page, "eval-max_samples", "6")
-    set_number(page, "eval-max_new_tokens", "24")
+    set_value(page, "eval-max_samples", "6")
+    set_value(page, "eval-max_new_tokens", "24")
     page.locator("#eval-source").get_by_label("Training run", exact=True).check()
     page.wait_for_function("(document.querySelector('#eval-run input') || {}).value === 'identity-lora'")
     evaluate(page, "Training run")

@@ -211,6 +211,27 @@ def test_upload_mapping_and_validation(tmp_path):
         "messages": "conversations"}
 
 
+def test_upload_a_kto_set_with_its_kto_tag_column(tmp_path):
+    from app.data.catalogue import register_dataset
+
+    conversations = REPO / "data" / "kto_demo.json"  # LF's KTO layout: messages + a true/false "label"
+    mapping = ds.guess_mapping("openai", False, ds.file_columns(conversations))
+    assert mapping == {"messages": "messages", "kto_tag": "label"}
+    rows, stage, problems = ds.validate_upload(conversations, "openai", False, mapping)
+    assert (stage, problems) == ("kto", []) and rows > 0
+    spec = register_dataset(tmp_path, "my_kto", conversations, formatting="openai",
+                            columns=ds.entry_columns("openai", False, mapping))
+    assert spec.stage == "kto" and ds.datasets_for_stage(tmp_path, "kto") == ["my_kto"]
+    assert ds.datasets_for_stage(tmp_path, "sft") == []
+    flat = tmp_path / "flat.jsonl"  # alpaca columns with a good/bad tag
+    flat.write_text("\n".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}", "kto_tag": i % 2 == 0})
+                              for i in range(4)) + "\n")
+    mapping = ds.guess_mapping("alpaca", False, ds.file_columns(flat))
+    assert mapping == {"prompt": "instruction", "response": "output", "kto_tag": "kto_tag"}
+    assert ds.validate_upload(flat, "alpaca", False, mapping) == (4, "kto", [])
+    assert "kto_tag" not in ds.roles_for("alpaca", True)  # preference pairs carry no tag
+
+
 # -- launching --------------------------------------------------------------------------------
 def test_binding_beyond_loopback_needs_auth(capsys):
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
@@ -222,3 +243,19 @@ def test_binding_beyond_loopback_needs_auth(capsys):
             parse_auth(host, auth)
     assert webui_main(host="0.0.0.0", port=1, auth=None) == 2
     assert "--auth" in capsys.readouterr().err
+
+
+def test_reward_model_runs_are_not_offered_as_chat_models(tmp_path):
+    from app.train.runfolder import RunFolder
+    from app.ui.context import StudioContext
+    from app.ui.tabs.chat import finished_runs, reward_model_runs
+
+    for name, stage, state in (("chatty", "sft", "finished"), ("scorer", "rm", "finished"),
+                               ("prefs", "dpo", "finished"), ("half", "sft", "running")):
+        run = RunFolder(tmp_path / "runs" / name)
+        run.create(JobConfig(stage=stage, output_dir=str(run.path)))
+        run.write_state(state=state)
+        (run.path / "adapter").mkdir()
+    ctx = StudioContext(tmp_path / "runs", tmp_path)
+    assert sorted(finished_runs(ctx)) == ["chatty", "prefs"]  # Chat, Evaluate, Export and Loop pickers
+    assert reward_model_runs(ctx) == ["scorer"]  # what GRPO's reward_model can name

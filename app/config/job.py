@@ -339,13 +339,13 @@ class JobConfig(Schema):
         if self.eval_datasets and self.val_size:
             problems.append("val_size: cannot be combined with eval_dataset (as in LLaMA-Factory); set one of them")
         has_eval = bool(self.val_size or self.eval_datasets)
-        # the trainers that carry app.train.tracking's callbacks (recipes.py's SFT/PT and DPO builders)
-        tracked = self.stage in ("sft", "pt") or (self.stage == "dpo" and self.pref_loss not in ("orpo", "simpo"))
+        # every stage's trainer computes an eval loss and carries app.train.tracking's callbacks, but GRPO's
         for key in ("early_stopping_steps", "load_best_model_at_end"):
-            if getattr(self, key) and not has_eval:
+            if getattr(self, key) and self.stage == "grpo":
+                problems.append(f"{key}: stage grpo has no eval loss to watch (it scores its generations with "
+                                f"rewards): remove {key}")
+            elif getattr(self, key) and not has_eval:
                 problems.append(f"{key}: needs an eval loss: set val_size or eval_dataset")
-            elif getattr(self, key) and not tracked:
-                problems.append(f"{key}: supported for stages sft, pt and dpo (sigmoid, ipo, hinge) so far")
         eval_steps = self.eval_steps or self.save_steps
         if self.load_best_model_at_end and self.save_steps % eval_steps:
             problems.append(f"load_best_model_at_end: save_steps ({self.save_steps}) must be a multiple of eval_steps "

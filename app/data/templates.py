@@ -48,7 +48,10 @@ FAMILY_MARKS: dict[str, tuple[str, ...]] = {
     "deepseekr1": ("<｜Assistant｜>",),
     "mistral": ("[INST]",),
 }
-NO_THINKING = "{%- set enable_thinking = false -%}\n"  # what `enable_thinking: false` puts first
+# What `enable_thinking: false` puts first: off unless the caller passes enable_thinking (an API request's
+# chat_template_kwargs), so a request can still turn thinking on. OLD_NO_THINKING: what runs saved before.
+NO_THINKING = "{%- if enable_thinking is not defined -%}{%- set enable_thinking = false -%}{%- endif -%}\n"
+OLD_NO_THINKING = "{%- set enable_thinking = false -%}\n"
 
 
 @cache
@@ -83,7 +86,8 @@ def choose_template(own: str | None, name: str, enable_thinking: bool = True) ->
 def with_thinking(text: str, enable_thinking: bool) -> str:
     """Thinking off is written into the template itself, so training, the chat engine, the API and
     an exported GGUF all render the same prompt without passing options around."""
-    text = text[len(NO_THINKING):] if text.startswith(NO_THINKING) else text
+    for prefix in (NO_THINKING, OLD_NO_THINKING):
+        text = text[len(prefix):] if text.startswith(prefix) else text
     return text if enable_thinking or "enable_thinking" not in text else NO_THINKING + text
 
 

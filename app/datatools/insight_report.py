@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 from app.data.catalogue import CATALOGUE_NAME, load_catalogue
 from app.data.errors import DataError, Problem, display_path
+from app.data.formats import data_files
 from app.data.insight import Insight, dataset_insight
 from app.models.source import EMBEDDED_ID, ModelSourceError, cache_root, is_embedded, resolve_model_path
 
@@ -47,6 +48,35 @@ def insight_for(dataset_dir: str | Path, name: str, model: str | None = None, te
         raise DataError([Problem(where, None, name, f"unknown dataset {name!r} (known: {', '.join(specs) or '-'})")])
     tokenizer, key, window = model_tokenizer(model or None, template or None)
     return dataset_insight(specs[name], tokenizer, key, cache_dir or insight_cache_dir(), window)
+
+
+ESTIMATE_MAX_BYTES = 8 << 20  # larger sets: the estimate assumes full-length rows instead of reading them
+
+
+def estimate_rows(dataset_dir: str | Path, names: list[str], model: str | None, template: str | None,
+                  cutoff_len: int, max_samples: int | None = None) -> list[tuple[int, int]] | None:
+    """(tokens, label tokens) of every SFT row as the worker will cut it at `cutoff_len`, from each set's
+    insight (cached by content fingerprint), for the Train tab's memory estimate before anything is
+    tokenized; None when a set is missing, broken or over ESTIMATE_MAX_BYTES (then the estimate takes
+    every row as cutoff_len long, as before). A row is cut at its end, so its prompt stays whole."""
+    specs = load_catalogue(dataset_dir)
+    rows: list[tuple[int, int]] = []
+    for name in names:
+        spec = specs.get(name)
+        if spec is None or spec.path is None or spec.problems:
+            return None
+        try:
+            if sum(path.stat().st_size for path, _ in data_files(spec)) > ESTIMATE_MAX_BYTES:
+                return None
+            insight, _ = insight_for(dataset_dir, name, model, template)
+        except (DataError, ModelSourceError, OSError, ValueError):
+            return None
+        pairs = list(zip(insight.prompt_tokens, insight.response_tokens))[:max_samples or None]
+        for prompt, response in pairs:
+            kept = min(prompt + response, cutoff_len)
+            if labels := min(response, kept - prompt):  # the worker drops a row cut before its answer
+                rows.append((kept, labels))
+    return rows or None
 
 
 def report_text(insight: Insight, cutoff_len: int) -> str:

@@ -67,7 +67,12 @@ def finished_eval_runs(runs_dir: str | Path) -> list[str]:
     return [p.name for p in sorted(found, key=lambda p: (p / RESULTS).stat().st_mtime, reverse=True)]
 
 
+EMPTY_METRICS = ["run", "model", "data", "rows", *list(METRIC_COLUMNS.values())[:6]]  # before any run is picked
+
+
 def metrics_frame(runs: list[EvalRun]) -> pd.DataFrame:
+    if not runs:
+        return pd.DataFrame(columns=EMPTY_METRICS)
     rows = []
     for run in runs:
         row: dict[str, Any] = {"run": run.name, "model": run.results.get("model_label", ""),

@@ -90,6 +90,7 @@ def load_model(config: EvalConfig, progress: Progress | None = None) -> LoadedMo
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from app.chat.adapters import AdapterError, resolve_adapter
+    from app.models.rope import base_arguments_for
     from app.models.source import resolve_model_path
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -110,7 +111,8 @@ def load_model(config: EvalConfig, progress: Progress | None = None) -> LoadedMo
         base = _base_of(config, source)
         base_dir = resolve_model_path(base, say)
         say(f"loading model {base or 'embedded'}")
-        model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=dtype)
+        stretched = base_arguments_for(source.path, base_dir) if source is not None else {}  # the run's rope
+        model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=dtype, **stretched)
         tokenizer_dir = source.path if source is not None and source.has_tokenizer else base_dir
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
         describe = {"model": base or "embedded", "adapter": None, "kind": "base"}

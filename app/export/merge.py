@@ -183,11 +183,15 @@ def merge_adapter(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from app.models.rope import base_arguments_for
+
     base = adapter_base(adapter_dir, base_dir)
     _check_unquantized(base)
     torch_dtype = _torch_dtype(dtype, base)
     report(progress, 0.0, f"loading base model {base.name} ({str(torch_dtype).replace('torch.', '')})")
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch_dtype, local_files_only=True)
+    # the run's rope_scaling: the merged config.json then carries the scaling the adapter was trained with
+    stretched = base_arguments_for(adapter_dir, base)
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch_dtype, local_files_only=True, **stretched)
     rows = _adapter_vocab_rows(adapter_dir)
     if rows > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(rows)

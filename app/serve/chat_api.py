@@ -56,7 +56,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, ctx: S
     body.check()
     ctx.check_model(body.model)
     plan = _Plan(body, ctx)
-    ids = await ctx.call(ctx.backend.prompt_ids, body.template_messages(), body.model, plan.tools)
+    ids = await ctx.call(ctx.backend.prompt_ids, body.template_messages(), body.model, plan.tools,
+                         body.chat_template_kwargs)
     tokenizer = ctx.backend.tokenizer_for(body.model)
     prompt_text = tokenizer.decode(ids) if plan.tools else ""
     completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"

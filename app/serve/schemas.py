@@ -149,6 +149,14 @@ class _Sampling(_Lenient):
         return (0.0 if top_p == 0 else temperature), top_p  # top_p 0 keeps only the likeliest token: greedy
 
 
+# apply_chat_template's own arguments and the template's functions: a request's chat_template_kwargs may not
+# set them
+RENDER_ARGUMENTS = frozenset({
+    "conversation", "messages", "tools", "documents", "chat_template", "add_generation_prompt",
+    "continue_final_message", "tokenize", "padding", "truncation", "max_length", "return_tensors",
+    "return_dict", "return_assistant_tokens_mask", "tokenizer_kwargs", "raise_exception", "strftime_now"})
+
+
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
@@ -158,9 +166,15 @@ class ChatCompletionRequest(_Sampling):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+    # vLLM's extension: variables for this request's chat template, e.g. {"enable_thinking": false} (Qwen3)
+    chat_template_kwargs: dict[str, Any] | None = None
 
     def check(self) -> None:
         self.check_common()
+        taken = sorted(set(self.chat_template_kwargs or {}) & RENDER_ARGUMENTS)
+        if taken:
+            raise OpenAIError(400, f"chat_template_kwargs: {', '.join(taken)} is set by the server, not a template "
+                              "variable.", param="chat_template_kwargs")
         if self.top_logprobs is not None and not self.logprobs:
             raise OpenAIError(400, "top_logprobs needs logprobs: true.", param="top_logprobs")
         if self.tool_choice not in (None, "none", "auto") and not self.tools:

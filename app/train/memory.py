@@ -15,7 +15,13 @@ estimate updates instantly as the user changes settings. Assumptions, stated so 
   Only layers from the first trainable one onwards keep activations (freeze tuning of the last layers
   keeps few). The head scores label tokens only (app.train.loss_head): on CPU it keeps LABEL_HEAD_COPIES
   fp32 vocabulary-sized tensors per label token; on GPU the fused head works in chunks (none whole);
-  DPO's chunked log-prob head keeps about one.
+  DPO's and KTO's chunked log-prob head keeps about one; a reward model's score head (one value per
+  token) keeps next to nothing.
+- Stages (TRL's trainers): dpo and rm put each row's chosen and rejected answers in one batch (twice
+  the tokens). KTO's KL batch (each prompt with another row's answer) runs under no_grad before the
+  policy's forward pass, so it is gone before the activations peak: it adds nothing. A reference model
+  (dpo with sigmoid/ipo/hinge, kto) is the base with the adapter disabled for LoRA, but a frozen second
+  copy of the weights for freeze and full fine-tuning (orpo and simpo have none).
 - The backward pass frees a layer's activations as it creates that layer's gradients, so both never
   exist whole at once: the smaller of the two is counted at BACKWARD_OVERLAP.
 - Adam keeps two fp32 states per trainable parameter (8-bit Adam: two bytes); LoRA/QLoRA/freeze
@@ -50,6 +56,7 @@ FUSED_HEAD_COPIES = 0.0  # GPU: TRL's fused head works in vocabulary chunks, nev
 DPO_HEAD_COPIES = 1.0  # TRL's DPO computes log-probs in chunks: logits are never whole
 BACKWARD_OVERLAP = 0.25  # share of min(activations, gradients) that coexists with the other
 OVERHEAD_MB = {"cpu": 550, "gpu": 600}
+PAIRED_STAGES = ("dpo", "rm")  # a batch holds each row's chosen and rejected answer
 
 
 @dataclass
@@ -62,6 +69,7 @@ class MemoryEstimate:
     trainable_params: int
     total_params: int
     overlap_mb: float = 0.0  # subtracted: activations freed while gradients are created
+    reference_mb: float = 0.0  # dpo/kto with freeze/full: the frozen reference copy of the weights
     dequant_mb: float = 0.0  # QLoRA on CPU: fp32 buffers of dequantized weights
     offloaded_mb: float = 0.0  # in CPU RAM instead (offload); not part of the device total
     tokens_per_step: int = 0  # per device and micro-batch: the largest batch (worst case: batch x cutoff_len)
@@ -69,15 +77,18 @@ class MemoryEstimate:
 
     @property
     def total_mb(self) -> float:
-        return (self.weights_mb + self.gradients_mb + self.optimizer_mb + self.activations_mb - self.overlap_mb
-                + self.dequant_mb + self.overhead_mb)
+        return (self.weights_mb + self.reference_mb + self.gradients_mb + self.optimizer_mb + self.activations_mb
+                - self.overlap_mb + self.dequant_mb + self.overhead_mb)
 
     def as_dict(self) -> dict:
         return asdict(self) | {"total_mb": self.total_mb}
 
     def rows(self) -> list[tuple[str, float]]:
-        rows = [("weights", self.weights_mb), ("gradients", self.gradients_mb), ("optimizer", self.optimizer_mb),
-                ("activations", self.activations_mb)]
+        rows = [("weights", self.weights_mb)]
+        if self.reference_mb:
+            rows.append(("reference model", self.reference_mb))
+        rows += [("gradients", self.gradients_mb), ("optimizer", self.optimizer_mb),
+                 ("activations", self.activations_mb)]
         if self.overlap_mb:
             rows.append(("freed in backward", -self.overlap_mb))
         if self.dequant_mb:
@@ -151,15 +162,24 @@ def largest_batch(job: JobConfig, rows: list[tuple[int, int]] | None, on_gpu: bo
 
     batch = micro_batches(job, on_gpu)[0]
     if not rows:
-        tokens = batch * job.cutoff_len * (2 if job.stage == "dpo" else 1)  # DPO: chosen and rejected
+        tokens = batch * job.cutoff_len * (2 if job.stage in PAIRED_STAGES else 1)  # chosen and rejected
         return tokens, tokens
     longest = sorted(rows, reverse=True)[:batch]
     tokens = sum(n for n, _ in longest) if job.padding_free else len(longest) * longest[0][0]
     return tokens, sum(labels for _, labels in longest)
 
 
+def has_reference_copy(job: JobConfig) -> bool:
+    """Whether TRL keeps a second, frozen model as the reference: dpo (not orpo/simpo) and kto without LoRA."""
+    if job.finetuning_type == "lora":
+        return False  # the base with the adapter disabled is the reference
+    return job.stage == "kto" or (job.stage == "dpo" and job.pref_loss not in ("orpo", "simpo"))
+
+
 def head_bytes_per_label(info: ModelInfo, job: JobConfig, on_gpu: bool) -> float:
-    if job.stage == "dpo":
+    if job.stage == "rm":
+        return 0.0  # the score head: one value per token, no vocabulary-sized logits
+    if job.stage in ("dpo", "kto"):
         return info.vocab_size * 4.0 * DPO_HEAD_COPIES
     return info.vocab_size * 4.0 * (FUSED_HEAD_COPIES if on_gpu else LABEL_HEAD_COPIES)
 
@@ -216,6 +236,7 @@ def estimate_memory(info: ModelInfo, job: JobConfig, on_gpu: bool, world_size: i
     other = max(info.n_params - linear, 0)  # embeddings, norms: never quantized
     frozen_low_precision = (job.bf16 or job.fp16) and job.finetuning_type != "full"
     weights = linear * _weight_bytes(job) + other * (2.0 if frozen_low_precision else 4.0)
+    reference = weights if has_reference_copy(job) else 0.0  # the frozen base, as loaded
     if job.finetuning_type == "lora":
         weights += trainable * 4.0  # the adapters themselves, fp32
     gradients = trainable * 4.0
@@ -228,11 +249,12 @@ def estimate_memory(info: ModelInfo, job: JobConfig, on_gpu: bool, world_size: i
         gradients /= world_size
     if zero_stage >= 3:
         weights /= world_size
+        reference /= world_size
     offloaded = 0.0
     if job.offload and zero_stage >= 1:
         offloaded, optimizer = optimizer, 0.0
         if zero_stage >= 3:
-            offloaded, weights = offloaded + weights, 0.0
+            offloaded, weights, reference = offloaded + weights + reference, 0.0, 0.0
 
     tokens, labels = largest_batch(job, rows, on_gpu)
     activations = tokens * activation_bytes_per_token(info, job) + labels * head_bytes_per_label(info, job, on_gpu)
@@ -240,7 +262,7 @@ def estimate_memory(info: ModelInfo, job: JobConfig, on_gpu: bool, world_size: i
     dequant = linear * 4.0 if job.quantization_bit is not None and not on_gpu else 0.0
     overhead = OVERHEAD_MB["gpu" if on_gpu else "cpu"] * MB
     return MemoryEstimate(
-        weights_mb=weights / MB, gradients_mb=gradients / MB, optimizer_mb=optimizer / MB,
+        weights_mb=weights / MB, reference_mb=reference / MB, gradients_mb=gradients / MB, optimizer_mb=optimizer / MB,
         activations_mb=activations / MB, overhead_mb=overhead / MB, overlap_mb=overlap / MB,
         dequant_mb=dequant / MB, offloaded_mb=offloaded / MB, tokens_per_step=tokens, from_data=bool(rows),
         trainable_params=trainable, total_params=info.n_params,

@@ -86,7 +86,8 @@ def load_model(job: JobConfig, model_dir: Path, warn: Callable[[str], None] | No
     if job.stage == "rm":  # a reward model: the base with a one-output score head (app.train.reward)
         from transformers import AutoModelForSequenceClassification
 
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1,
+                                                                   **kwargs | rope_arguments(job, model_dir))
     else:
         model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs | rope_arguments(job, model_dir))
     model.config.use_cache = False  # training: no KV cache (also keeps flattened batches isolated)

@@ -40,6 +40,7 @@ def _experimental(module: str, names: tuple[str, str]) -> tuple[Any, Any]:
 
 def build_preference_trainer(job: JobConfig, model, tokenizer, data, output_dir: Path, callbacks: list):
     """`stage: dpo`: DPO's own losses through recipes.build_dpo_trainer, ORPO and SimPO here."""
+    from app.train import tracking
     from app.train.recipes import _config, build_dpo_trainer, keep_trainable_fp32, trainer_arguments
 
     if job.pref_loss not in ("orpo", "simpo"):
@@ -57,7 +58,7 @@ def build_preference_trainer(job: JobConfig, model, tokenizer, data, output_dir:
         pass
 
     trainer = StudioTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                            processing_class=tokenizer, callbacks=callbacks)
+                            processing_class=tokenizer, callbacks=callbacks + tracking.callbacks(job, callbacks))
     keep_trainable_fp32(trainer.model)
     return trainer
 
@@ -67,6 +68,7 @@ def build_kto_trainer(job: JobConfig, model, tokenizer, data, output_dir: Path, 
     disabled for LoRA, a frozen copy for freeze/full."""
     from trl import KTOConfig, KTOTrainer
 
+    from app.train import tracking
     from app.train.recipes import _config, keep_trainable_fp32, trainer_arguments
 
     class StudioKTOTrainer(AtomicCheckpointMixin, KTOTrainer):
@@ -79,7 +81,8 @@ def build_kto_trainer(job: JobConfig, model, tokenizer, data, output_dir: Path, 
         max_length=job.cutoff_len,
     ))
     trainer = StudioKTOTrainer(model=model, ref_model=None, args=args, train_dataset=data.train,
-                               eval_dataset=data.eval, processing_class=tokenizer, callbacks=callbacks)
+                               eval_dataset=data.eval, processing_class=tokenizer,
+                               callbacks=callbacks + tracking.callbacks(job, callbacks))
     keep_trainable_fp32(trainer.model)
     if getattr(trainer, "ref_model", None) is not None:
         trainer.ref_model.requires_grad_(False)

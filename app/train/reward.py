@@ -20,6 +20,7 @@ from app.train.checkpoints import AtomicCheckpointMixin
 def build_reward_trainer(job: JobConfig, model, tokenizer, data, output_dir: Path, callbacks: list):
     from trl import RewardConfig, RewardTrainer
 
+    from app.train import tracking
     from app.train.recipes import _config, keep_trainable_fp32, trainer_arguments
 
     class StudioRewardTrainer(AtomicCheckpointMixin, RewardTrainer):
@@ -31,7 +32,7 @@ def build_reward_trainer(job: JobConfig, model, tokenizer, data, output_dir: Pat
         max_length=job.cutoff_len,
     ))
     trainer = StudioRewardTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                                  processing_class=tokenizer, callbacks=callbacks)
+                                  processing_class=tokenizer, callbacks=callbacks + tracking.callbacks(job, callbacks))
     keep_trainable_fp32(trainer.model)
     return trainer
 
@@ -63,8 +64,11 @@ def load_reward_model(path: str | Path, dtype: Any = None) -> tuple[Any, Any]:
         if config.get("task_type") != "SEQ_CLS":
             raise ValueError(f"reward_model: the adapter in {folder} is a {config.get('task_type')} adapter, not a "
                              "reward model (train one with stage: rm)")
-        base = AutoModelForSequenceClassification.from_pretrained(config["base_model_name_or_path"], num_labels=1,
-                                                                   dtype=dtype)
+        from app.models.rope import base_arguments_for
+
+        base_dir = config["base_model_name_or_path"]
+        base = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1, dtype=dtype,
+                                                                   **base_arguments_for(folder, base_dir))
         model = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
     else:
         model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, dtype=dtype)

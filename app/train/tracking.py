@@ -115,6 +115,8 @@ class BestCheckpoint(TrainerCallback):
         self.best: tuple[int, float] | None = None  # (step, eval_loss)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if state.global_step == 0:
+            return  # the baseline before training: no checkpoint can hold it (KTO's starts at its lowest, 0.5)
         loss = (metrics or {}).get("eval_loss")
         if loss is not None and (self.best is None or loss < self.best[1]):
             self.best = (state.global_step, float(loss))

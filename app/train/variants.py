@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -92,25 +91,8 @@ def apply_to_trainer(job: JobConfig, trainer: Any) -> None:
 
 
 def rope_arguments(job: JobConfig, model_dir: Path) -> dict[str, Any]:
-    """from_pretrained keys that stretch RoPE to cutoff_len (as LLaMA-Factory: no scaling when the model
-    already covers cutoff_len)."""
-    if not job.rope_scaling:
-        return {}
-    from transformers import AutoConfig
+    """from_pretrained keys that stretch RoPE to cutoff_len (app.models.rope: loading the adapter later
+    applies the same keys)."""
+    from app.models.rope import rope_arguments as stretch
 
-    config = AutoConfig.from_pretrained(model_dir)
-    current = int(getattr(config, "max_position_embeddings", 0) or 0)
-    if not current or job.cutoff_len <= current:
-        log.warning("rope_scaling: cutoff_len %d fits the model's %d positions; no scaling", job.cutoff_len, current)
-        return {}
-    factor = float(math.ceil(job.cutoff_len / current))
-    params = dict(getattr(config, "rope_parameters", None) or {})
-    params.setdefault("rope_theta", getattr(config, "rope_theta", None) or 10000.0)
-    params.update(rope_type=job.rope_scaling, factor=factor)
-    if job.rope_scaling in ("dynamic", "yarn", "llama3"):
-        params["original_max_position_embeddings"] = current
-    if job.rope_scaling == "llama3":
-        params.setdefault("low_freq_factor", 1.0)
-        params.setdefault("high_freq_factor", 4.0)
-    log.info("rope_scaling: %s x%g (%d -> %d positions)", job.rope_scaling, factor, current, int(current * factor))
-    return {"rope_parameters": params, "max_position_embeddings": int(current * factor)}
+    return stretch(job.rope_scaling, job.cutoff_len, model_dir)

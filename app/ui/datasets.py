@@ -23,7 +23,7 @@ from app.data.formats import load_examples
 
 PAGE_SIZE = 10
 CATALOGUE_COLUMNS = ["name", "format", "rows", "stage", "file", "check"]
-ROLES = ("prompt", "query", "response", "system", "history", "messages", "chosen", "rejected", "text")
+ROLES = ("prompt", "query", "response", "system", "history", "messages", "chosen", "rejected", "kto_tag", "text")
 # Column names each role is guessed from when a file is uploaded (first match wins).
 GUESSES = {
     "prompt": ("instruction", "prompt", "question"),
@@ -34,6 +34,7 @@ GUESSES = {
     "messages": ("conversations", "messages", "conversation"),
     "chosen": ("chosen",),
     "rejected": ("rejected",),
+    "kto_tag": ("kto_tag", "label"),  # LLaMA-Factory's KTO demo keeps the good/bad flag in "label"
     "text": ("text", "content"),
 }
 
@@ -186,9 +187,10 @@ def file_columns(path: str | Path, sample: int = 200) -> list[str]:
 def roles_for(formatting: str, ranking: bool) -> list[str]:
     """The column roles a user maps for this formatting (LLaMA-Factory's names)."""
     if formatting == "alpaca":
-        roles = ["prompt", "query", "system", "history"] + (["chosen", "rejected"] if ranking else ["response", "text"])
-    else:
-        roles = ["messages", "system"] + (["chosen", "rejected"] if ranking else [])
+        roles = ["prompt", "query", "system", "history"] + (
+            ["chosen", "rejected"] if ranking else ["response", "kto_tag", "text"])
+    else:  # kto_tag: each answer tagged good (true) or bad (false), a KTO set
+        roles = ["messages", "system"] + (["chosen", "rejected"] if ranking else ["kto_tag"])
     return roles
 
 

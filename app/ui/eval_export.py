@@ -49,6 +49,7 @@ def eval_pair(report: dict[str, Any] | None, datasets: list[str], max_samples: f
 def build_gguf_eval(ctx: StudioContext, report: Any) -> None:
     """An accordion under the export report (`report`: the gr.JSON holding export_report.json's content)."""
     ctx.add_strings(STRINGS)
+    ctx.add_strings(eval_view.STRINGS)
     lang = ctx.shared["lang"]
     with ctx.make(gr.Accordion, "export.eval", open=False, elem_id="export-eval"):
         with gr.Row(equal_height=True):
@@ -75,16 +76,19 @@ def build_gguf_eval(ctx: StudioContext, report: Any) -> None:
 
     start.click(on_start, [report, datasets, samples, lang], [status, pair, timer], **PRIVATE)
 
-    def on_tick(names: list[str] | None) -> list[Any]:
+    def on_tick(names: list[str] | None, lang_: str) -> list[Any]:
         ctx.manager.refresh()
         if not names:
             return [gr.skip(), gr.skip(), gr.Timer(active=False)]
+        t = lambda key, **values: ctx.t(key, lang_, **values)  # noqa: E731 - the page's language
         runs = [ctx.manager.run(n) for n in names]
-        lines = "\n\n".join(eval_view.status_line(r) for r in runs)
+        lines = "\n\n".join(eval_view.status_line(r, t, lang_) for r in runs)
         if any(r.read_state().get("state") in ACTIVE_STATES for r in runs):
             return [lines, gr.skip(), gr.skip()]
         done = [r.path for r in runs if is_eval_run(r.path)]
         frame = compare.metrics_frame([compare.load_run(p) for p in done]) if done else None
-        return [lines, frame, gr.Timer(active=False)]
+        return [lines, None if frame is None else eval_view.localised(frame, t), gr.Timer(active=False)]
 
-    timer.tick(on_tick, pair, [status, scores, timer], show_progress="hidden", **PRIVATE)
+    timer.tick(on_tick, [pair, lang], [status, scores, timer], show_progress="hidden", **PRIVATE)
+    lang.change(lambda names, lang_: on_tick(names, lang_)[:2] if names else [gr.skip(), gr.skip()],
+                [pair, lang], [status, scores], show_progress="hidden", **PRIVATE)

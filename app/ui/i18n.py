@@ -70,6 +70,7 @@ STRINGS: dict[str, dict[str, str]] = {
     "data.col.messages": {"en": "Messages column (messages)", "zh": "消息列 (messages)"},
     "data.col.chosen": {"en": "Chosen column (chosen)", "zh": "优选回答列 (chosen)"},
     "data.col.rejected": {"en": "Rejected column (rejected)", "zh": "劣选回答列 (rejected)"},
+    "data.col.kto_tag": {"en": "Good/bad tag column, KTO (kto_tag)", "zh": "好/坏标记列，KTO (kto_tag)"},
     "data.col.text": {"en": "Text column (text)", "zh": "文本列 (text)"},
     "msg.no_file": {"en": "Upload a file first.", "zh": "请先上传文件。"},
     "msg.valid": {"en": "✓ {rows} rows are valid for {stage}.", "zh": "✓ {rows} 行数据可用于 {stage}。"},
@@ -112,6 +113,11 @@ STRINGS: dict[str, dict[str, str]] = {
                         "zh": "⚠ 预计需要约 {need:,.0f} MB，超过 {device} 上可用的 {have:,.0f} MB。"},
     "msg.fits": {"en": "Fits: about {need:,.0f} MB of {have:,.0f} MB on {device}.",
                  "zh": "可以运行：约需 {need:,.0f} MB，{device} 上可用 {have:,.0f} MB。"},
+    "msg.estimate_rows": {"en": "(From the dataset's real row lengths under this model's chat template.)",
+                          "zh": "（按数据集在该模型对话模板下的真实行长度估算。）"},
+    "msg.estimate_cutoff": {"en": "(Every row taken as cutoff_len tokens long; the worker re-estimates from the "
+                                  "tokenized rows.)",
+                            "zh": "（按每行 cutoff_len 个词元估算；训练进程会按分词后的真实长度重新估算。）"},
 }
 
 

@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from app.ui.i18n_messages import MESSAGE_PATTERNS
+
 RUN_STRINGS: dict[str, dict[str, str]] = {
     # run states
     "state.queued": {"en": "queued", "zh": "排队中"},
@@ -36,6 +38,7 @@ RUN_STRINGS: dict[str, dict[str, str]] = {
     "col.part": {"en": "part", "zh": "组成部分"},
     "col.mb": {"en": "MB", "zh": "MB"},
     "mem.weights": {"en": "weights", "zh": "权重"},
+    "mem.reference model": {"en": "reference model", "zh": "参考模型"},
     "mem.gradients": {"en": "gradients", "zh": "梯度"},
     "mem.optimizer": {"en": "optimizer", "zh": "优化器状态"},
     "mem.activations": {"en": "activations", "zh": "激活值"},
@@ -148,7 +151,7 @@ PROBLEM_PATTERNS: list[tuple[re.Pattern[str], str]] = [(re.compile(p), zh) for p
      "output_dir：运行 {n} 已存在；请换一个名称，或在下方选中它后点击“继续训练”"),
     (r"^(?P<src>.+): not valid YAML: (?P<what>.+) at line (?P<l>\d+), column (?P<c>\d+)$",
      "{src}：YAML 格式错误：{what}（第 {l} 行，第 {c} 列）"),
-]]
+]] + MESSAGE_PATTERNS  # reliability and dataset-fitness messages (app.ui.i18n_messages)
 
 
 def translate_problem(text: str, lang: str) -> str:
@@ -159,7 +162,7 @@ def translate_problem(text: str, lang: str) -> str:
     for pattern, zh in PROBLEM_PATTERNS:
         match = pattern.match(text)
         if match:
-            values = {k: (translate_problem(v, lang) if k == "rest" and v.strip() else v)
+            values = {k: (translate_problem(v, lang) if k in ("rest", "msg") and v.strip() else v)
                       for k, v in match.groupdict().items()}
             if "rest" in values and zh.startswith("{key}：未知的配置项"):
                 values["rest"] = match.group("rest").replace("did you mean", "是否想用")

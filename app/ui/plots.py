@@ -158,7 +158,7 @@ def status_line(view: LiveView, state: dict[str, Any], t: Translate = english, l
         if log.get("mem_mb") is not None:
             parts.append(t("status.mem", gib=float(log["mem_mb"]) / 1024))
     error = (view.done or {}).get("error") or state.get("error")
-    if current in ("failed", "unreadable") and error:
+    if current in ("failed", "unreadable", "stopped") and error:  # stopped: why it was stopped by force
         from app.ui.i18n_train import translate_problem
 
         parts.append(t("status.error", error=" / ".join(translate_problem(line, lang)

@@ -28,7 +28,10 @@ def renders_tools(tokenizer: Any) -> bool:
     return bool(template) and "tools" in str(template)
 
 
-def render_ids(tokenizer: Any, messages: Sequence[Message], tools: list[Any] | None = None) -> list[int]:
+def render_ids(tokenizer: Any, messages: Sequence[Message], tools: list[Any] | None = None,
+               template_kwargs: dict[str, Any] | None = None) -> list[int]:
+    """The prompt's token ids; `template_kwargs` are extra template variables for this request (vLLM's
+    chat_template_kwargs, e.g. {"enable_thinking": False} for Qwen3)."""
     if not messages:
         raise ValueError("messages must hold at least one message.")
     if not getattr(tokenizer, "chat_template", None):
@@ -37,8 +40,14 @@ def render_ids(tokenizer: Any, messages: Sequence[Message], tools: list[Any] | N
     if tools and not renders_tools(tokenizer):
         raise UnsupportedError("This model's chat template does not render tools, so the model would never see "
                                "them: serve a model (or an adapter saved with a tokenizer) whose template does.")
-    encoded = tokenizer.apply_chat_template(list(messages), tools=tools or None, add_generation_prompt=True,
-                                            tokenize=True, return_dict=True)
+    try:
+        encoded = tokenizer.apply_chat_template(list(messages), tools=tools or None, add_generation_prompt=True,
+                                                tokenize=True, return_dict=True, **(template_kwargs or {}))
+    except Exception as exc:  # noqa: BLE001 - a request's own template variables broke the template: its mistake
+        if not template_kwargs:
+            raise
+        raise ValueError(f"chat_template_kwargs: the chat template failed with them: {type(exc).__name__}: "
+                         f"{exc}") from exc
     return list(encoded["input_ids"])
 
 
@@ -61,9 +70,9 @@ class ChatMethods:
         raise NotImplementedError  # pragma: no cover
 
     def prompt_ids(self, messages: Sequence[Message], model: str | None = None,
-                   tools: list[Any] | None = None) -> list[int]:
+                   tools: list[Any] | None = None, template_kwargs: dict[str, Any] | None = None) -> list[int]:
         """The prompt token ids a request would feed the model (chat template + generation prompt)."""
-        return render_ids(self.tokenizer_for(model), messages, tools)
+        return render_ids(self.tokenizer_for(model), messages, tools, template_kwargs)
 
     def stream(self, messages: Sequence[Message], model: str | None = None, temperature: float = 0.0,
                top_p: float = 1.0, max_new_tokens: int = 256, stop: list[str] | None = None,

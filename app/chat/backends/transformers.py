@@ -24,11 +24,13 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from app.chat import packed
 from app.chat.adapters import AdapterError, AdapterSource, BaseMismatchError, base_matches, resolve_adapter
 from app.chat.backends.base import Load, Sampling, StreamResult, UnknownModelError, UnsupportedError
 from app.chat.backends.common import ChatMethods, fit_to_window
 from app.chat.batching import Row, Scheduler
 from app.chat.decoding import RowDecoder
+from app.models.rope import base_arguments_for
 from app.models.source import EMBEDDED_ID, is_embedded, resolve_model_path
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,7 @@ class TransformersBackend(ChatMethods):
         self.tokenizer = load_tokenizer(self.base_path)
         self.base: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
             self.base_path, dtype=self.dtype).to(self.device).eval()
+        packed.pack_linears(self.base)  # CPU fp32: the engine's steps run on oneDNN-packed weights
         self._peft: Any = None  # the PeftModel wrapping self.base, once a LoRA adapter is added
         self._active: str | None = None  # the PEFT adapter set active last
         self._targets: dict[str, Target] = {self.base_name: Target(self.tokenizer)}
@@ -96,8 +99,10 @@ class TransformersBackend(ChatMethods):
     def is_adapter(self, name: str) -> bool:
         return name in self._targets and name != self.base_name
 
-    def context_window(self) -> int:
-        return int(getattr(self.base.config, "max_position_embeddings", 0) or 0)
+    def context_window(self, model: str | None = None) -> int:
+        """Positions the model named `model` covers (a rope-scaled run's adapter covers more than the base)."""
+        config = (self._target(model).model or self.base).config
+        return int(getattr(config, "max_position_embeddings", 0) or 0)
 
     def add_adapter(self, name: str, path: str | Path, check_base: bool = True) -> str:
         """Load a run folder, LoRA adapter folder or full model folder under `name`; returns the name.
@@ -150,6 +155,7 @@ class TransformersBackend(ChatMethods):
         tokenizer = self._tokenizer_for_source(source)
         if source.kind == "full":
             model = AutoModelForCausalLM.from_pretrained(source.path, dtype=self.dtype).to(self.device).eval()
+            packed.pack_linears(model)
             return Target(tokenizer, model=model, path=source.path)
         if not base_matches(source, self.base_path, self.model_ref):
             claimed = ", ".join(repr(c) for c in source.trained_on or [])
@@ -159,7 +165,25 @@ class TransformersBackend(ChatMethods):
             if check_base:
                 raise BaseMismatchError(message)
             log.warning(message)
+        stretched = base_arguments_for(source.path, self.base_path)
+        if stretched:  # trained with rope_scaling: the adapter needs a base with the same positions
+            return self._load_lora_on_own_base(name, source, tokenizer, stretched)
         return self._load_lora(name, source, tokenizer)
+
+    def _load_lora_on_own_base(self, name: str, source: AdapterSource, tokenizer: Any,
+                               base_arguments: dict[str, Any]) -> Target:
+        """A LoRA whose run stretched RoPE: its own copy of the base, loaded as in training (it batches on
+        its own, like a full fine-tuned model; the shared base keeps its own positions)."""
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(self.base_path, dtype=self.dtype, **base_arguments)
+        try:
+            model = PeftModel.from_pretrained(base, str(source.path))
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise AdapterError(f"Could not load adapter '{name}' from {source.path}: {exc}") from exc
+        model = model.to(self.device).eval()
+        packed.pack_linears(model)
+        return Target(tokenizer, model=model, path=source.path)
 
     def _load_lora(self, name: str, source: AdapterSource, tokenizer: Any) -> Target:
         from peft import PeftModel
@@ -202,7 +226,7 @@ class TransformersBackend(ChatMethods):
     # ------------------------------------------------------------------ generation
     def submit(self, prompt_ids: list[int], model: str | None, sampling: Sampling) -> StreamResult:
         target = self._target(model)
-        sampling.max_new_tokens = fit_to_window(len(prompt_ids), sampling.max_new_tokens, self.context_window())
+        sampling.max_new_tokens = fit_to_window(len(prompt_ids), sampling.max_new_tokens, self.context_window(model))
         constraint = None
         if sampling.json_schema is not None:
             from app.chat.constrain import JsonConstraint, available
@@ -234,6 +258,10 @@ class TransformersBackend(ChatMethods):
 
     def _forward(self, rows: list[Row], inputs: dict[str, Any]) -> torch.Tensor:
         """The last position's logits for a batch of rows that share weights."""
+        with packed.engaged():
+            return self._forward_rows(rows, inputs)
+
+    def _forward_rows(self, rows: list[Row], inputs: dict[str, Any]) -> torch.Tensor:
         target: Target = rows[0].target
         inputs = {self._cache_kw if k == "past_key_values" else k: v for k, v in inputs.items()}
         extra: dict[str, Any] = {}

@@ -26,6 +26,7 @@ from app.chat.adapters import resolve_adapter
 from app.chat.backends import BackendUnavailable
 from app.chat.backends.base import Delta, Generation, Load, Sampling, StreamResult, TokenLogprob, UnknownModelError
 from app.chat.backends.common import ChatMethods, fit_to_window
+from app.models.rope import base_arguments_for
 from app.models.source import EMBEDDED_ID, is_embedded, resolve_model_path
 
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
@@ -109,6 +110,10 @@ class VllmBackend(ChatMethods):
             if source.kind != "lora":
                 raise BackendUnavailable(f"'{name}' ({source.path}) is a full model; vLLM serves LoRA adapters of "
                                          "one base. Serve it on its own: --backend vllm --model that folder.")
+            if base_arguments_for(source.path, self.base_path):
+                raise BackendUnavailable(f"'{name}' ({source.path}) was trained with rope_scaling, which vLLM cannot "
+                                         "apply to one adapter of a shared base: serve it with --backend "
+                                         "transformers, or export it merged and serve that folder.")
             ranks.append(int(json.loads((source.path / "adapter_config.json").read_text()).get("r", 8)))
             self._loras[name] = LoRARequest(name, lora_id, str(source.path))
             self._tokenizers[name] = load_tokenizer(source.path) if source.has_tokenizer else self.tokenizer

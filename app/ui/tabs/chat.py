@@ -92,13 +92,22 @@ _streams: dict[str, list[Any]] = {}  # session hash -> the StreamResults it is r
 _streams_lock = threading.Lock()
 
 
-def finished_runs(ctx: StudioContext) -> list[str]:
-    """Names of runs that finished and left an adapter/ (newest first)."""
+def _finished_with_adapter(ctx: StudioContext) -> list[Any]:
     try:
-        return [s.name for s in ctx.manager.summaries()
-                if s.state == "finished" and (Path(s.path) / "adapter").is_dir()]
+        return [s for s in ctx.manager.summaries() if s.state == "finished" and (Path(s.path) / "adapter").is_dir()]
     except OSError:
         return []
+
+
+def finished_runs(ctx: StudioContext) -> list[str]:
+    """Names of runs that finished and left a chat model in adapter/ (newest first): what the Chat, Evaluate,
+    Export and Loop tabs offer. A reward model (stage rm) scores answers, it does not write them: left out."""
+    return [s.name for s in _finished_with_adapter(ctx) if s.stage != "rm"]
+
+
+def reward_model_runs(ctx: StudioContext) -> list[str]:
+    """Finished reward-model runs (stage rm): what GRPO's reward_model can name."""
+    return [s.name for s in _finished_with_adapter(ctx) if s.stage == "rm"]
 
 
 def model_choices(ctx: StudioContext, lang: str) -> list[tuple[str, str]]:

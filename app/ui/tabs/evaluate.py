@@ -98,10 +98,15 @@ STRINGS: dict[str, dict[str, str]] = {
 }
 
 
-def widths(frame: Any) -> Any:
-    """The predictions table with its columns sized: narrow numbers, the texts sharing the rest."""
+def widths(frame: Any, t: eval_view.Translate) -> Any:
+    """The predictions table with its columns sized (narrow numbers, the texts sharing the rest), headed in the
+    page's language."""
     sizes = [eval_view.column_width(str(c)) for c in frame.columns]
-    return gr.update(value=frame, column_widths=sizes)
+    return gr.update(value=eval_view.localised(frame, t), column_widths=sizes)
+
+
+def translator(ctx: StudioContext, lang: str) -> eval_view.Translate:
+    return lambda key, **values: ctx.t(key, lang, **values)
 
 
 def _problems(lines: list[str]) -> str:
@@ -110,6 +115,7 @@ def _problems(lines: list[str]) -> str:
 
 def build(ctx: StudioContext) -> None:
     ctx.add_strings(STRINGS)
+    ctx.add_strings(eval_view.STRINGS)
     tab = ctx.shared["tabs"]["evaluate"]
     tab.label = ctx.t("tab.evaluate")  # the Tab was made before this tab's strings were added
     lang = ctx.shared["lang"]
@@ -119,7 +125,7 @@ def build(ctx: StudioContext) -> None:
         source = ctx.make(gr.Radio, "eval.source", [(f"eval.source.{s}", s) for s in eval_view.SOURCES], value="base",
                           scale=2, elem_id="eval-source")
         run = ctx.make(gr.Dropdown, "eval.run", choices=[], visible=False, scale=2, elem_id="eval-run")
-        checkpoint = ctx.make(gr.Dropdown, "eval.checkpoint", choices=[("final adapter", eval_view.FINAL)],
+        checkpoint = ctx.make(gr.Dropdown, "eval.checkpoint", choices=[(ctx.t("eval.final_adapter"), eval_view.FINAL)],
                               value=eval_view.FINAL, visible=False, scale=2, elem_id="eval-checkpoint")
         path = ctx.make(gr.Textbox, "eval.path", visible=False, scale=3, elem_id="eval-path")
         validation = ctx.make(gr.Checkbox, "eval.validation", value=False, visible=False, scale=2,
@@ -150,13 +156,15 @@ def build(ctx: StudioContext) -> None:
         chosen = ctx.make(gr.Dropdown, "eval.compare", choices=[], multiselect=True, scale=5, elem_id="eval-compare")
         refresh = ctx.make(gr.Button, "eval.refresh", size="sm", scale=0, min_width=90, elem_id="eval-refresh")
     message = gr.Markdown("", elem_id="eval-compare-message")
-    metrics = ctx.make(gr.Dataframe, "eval.metrics", interactive=False, wrap=True, elem_id="eval-metrics")
+    metrics = ctx.make(gr.Dataframe, "eval.metrics", value=compare.metrics_frame([]), interactive=False, wrap=True,
+                       elem_id="eval-metrics")
     bars = []
     for start_at in (0, 3):
         with gr.Row():
             for key in BARS[start_at:start_at + 3]:
-                bars.append(gr.BarPlot(value=None, x="label", y="value", label=compare.METRIC_COLUMNS[key],
-                                       y_title=compare.METRIC_COLUMNS[key], x_title="", height=220,
+                # the label names the metric (in the page's language); a blank axis title repeats no English
+                bars.append(ctx.make(gr.BarPlot, f"evcol.{compare.METRIC_COLUMNS[key]}", value=None, x="label",
+                                       y="value", y_title=" ", x_title="", height=220,
                                        x_label_angle=0, sort="x", visible=key != "judge_win_rate",
                                        y_lim=[0, compare.axis_top(key, [])] if key != "perplexity" else None,
                                        elem_id=f"eval-bar-{key.replace('predict_', '').replace('_', '-')}"))
@@ -165,8 +173,8 @@ def build(ctx: StudioContext) -> None:
         worst = ctx.make(gr.Button, "eval.worst", size="sm", elem_id="eval-worst")
         every = ctx.make(gr.Button, "eval.all", size="sm", elem_id="eval-all")
         csv = ctx.make(gr.DownloadButton, "eval.csv", value=None, size="sm", elem_id="eval-csv")
-    predictions = ctx.make(gr.Dataframe, "eval.predictions", interactive=False, wrap=True, max_height=520,
-                           elem_id="eval-predictions")
+    predictions = ctx.make(gr.Dataframe, "eval.predictions", value=compare.predictions_frame([]), interactive=False,
+                           wrap=True, max_height=520, elem_id="eval-predictions")
     table = gr.State(None)
 
     with ctx.make(gr.Accordion, "eval.judge", open=False, elem_id="eval-judge"):
@@ -207,15 +215,18 @@ def build(ctx: StudioContext) -> None:
 
     source.change(on_source, source, [run, checkpoint, path, validation], show_progress="hidden", **PRIVATE)
 
-    def on_run(name_: str | None) -> Any:
+    def on_run(name_: str | None, lang_: str) -> Any:
+        t = translator(ctx, lang_)
+        final = [(t("eval.final_adapter"), eval_view.FINAL)]
         if not name_:
-            return gr.update(choices=[("final adapter", eval_view.FINAL)], value=eval_view.FINAL)
+            return gr.update(choices=final, value=eval_view.FINAL)
         try:
-            return gr.update(choices=eval_view.checkpoint_choices(ctx.manager.run(name_)), value=eval_view.FINAL)
+            return gr.update(choices=eval_view.checkpoint_choices(ctx.manager.run(name_), t), value=eval_view.FINAL)
         except KeyError:
-            return gr.update(choices=[("final adapter", eval_view.FINAL)], value=eval_view.FINAL)
+            return gr.update(choices=final, value=eval_view.FINAL)
 
-    run.change(on_run, run, checkpoint, show_progress="hidden", **PRIVATE)
+    for event in (run.change, lang.change):
+        event(on_run, [run, lang], checkpoint, show_progress="hidden", **PRIVATE)
 
     # -- running ---------------------------------------------------------------------------------
     form = [source, run, checkpoint, path, validation, datasets, name, *numbers.values(), *more.values(),
@@ -257,11 +268,12 @@ def build(ctx: StudioContext) -> None:
             return [gr.skip(), _problems([str(exc)]), gr.skip(), gr.skip()]
         queued = new.read_state().get("state") == "queued"
         said = ctx.t("eval.msg.queued" if queued else "eval.msg.started", lang_, name=new.name)
-        return [config.command_line(), said + "\n\n" + eval_view.status_line(new), new.name, gr.Timer(active=True)]
+        return [config.command_line(), said + "\n\n" + eval_view.status_line(new, translator(ctx, lang_), lang_),
+                new.name, gr.Timer(active=True)]
 
     start.click(on_start, [lang, *form], [command, status, following, timer], **PRIVATE)
 
-    def on_tick(name_: str | None, picked: list[str] | None) -> list[Any]:
+    def on_tick(name_: str | None, picked: list[str] | None, lang_: str) -> list[Any]:
         ctx.manager.refresh()
         if not name_:
             return [gr.skip(), gr.Timer(active=False), gr.skip()]
@@ -269,26 +281,27 @@ def build(ctx: StudioContext) -> None:
             current = ctx.manager.run(name_)
         except KeyError:
             return [gr.skip(), gr.Timer(active=False), gr.skip()]
-        line = eval_view.status_line(current)
+        t = translator(ctx, lang_)
+        line = eval_view.status_line(current, t, lang_)
         if current.read_state().get("state") in ACTIVE_STATES:
             return [line, gr.skip(), gr.skip()]
         results = compare.read_results(current.path)
-        line += ("\n\n" + eval_view.results_line(results)) if results else ""
+        line += ("\n\n" + eval_view.results_line(results, t)) if results else ""
         evals = compare.finished_eval_runs(ctx.runs_dir)
         value = [p for p in (picked or []) if p in evals]
         value += [name_] if name_ in evals and name_ not in value else []
         return [line, gr.Timer(active=False), gr.update(choices=evals, value=value)]
 
-    timer.tick(on_tick, [following, chosen], [status, timer, chosen], show_progress="hidden",
+    timer.tick(on_tick, [following, chosen, lang], [status, timer, chosen], show_progress="hidden",
                trigger_mode="always_last", **PRIVATE)
 
-    def on_stop(name_: str | None) -> str:
+    def on_stop(name_: str | None, lang_: str) -> str:
         if not name_:
             return ""
         ctx.manager.stop(name_)
-        return eval_view.status_line(ctx.manager.run(name_))
+        return eval_view.status_line(ctx.manager.run(name_), translator(ctx, lang_), lang_)
 
-    stop.click(on_stop, following, status, **PRIVATE)
+    stop.click(on_stop, [following, lang], status, **PRIVATE)
     build_compare(ctx, lang, chosen, message, metrics, bars, predictions, table, csv, best, worst, every)
 
     # -- judge -----------------------------------------------------------------------------------
@@ -325,7 +338,10 @@ def build_compare(ctx: StudioContext, lang: Any, chosen: Any, message: Any, metr
     """Wire the comparison: runs picked -> metrics, bars, predictions, CSV; best/worst/all re-rank the rows."""
 
     def on_compare(names: list[str] | None, lang_: str) -> list[Any]:
-        empty = [None] * (2 + len(bars))
+        t = translator(ctx, lang_)
+        # nothing picked (or unreadable): the tables keep their headers, in the page's language
+        empty = [eval_view.localised(compare.metrics_frame([]), t), *[None] * len(bars),
+                 widths(compare.predictions_frame([]), t)]
         if not names:
             return [ctx.t("eval.msg.pick", lang_), *empty, None, gr.update(value=None)]
         try:
@@ -340,7 +356,8 @@ def build_compare(ctx: StudioContext, lang: Any, chosen: Any, message: Any, metr
             charts.append(gr.update(value=chart, visible=not chart.empty))
         out = Path(tempfile.mkdtemp(prefix="ftstudio-eval-")) / "predictions.csv"
         compare.write_csv(frame, out)
-        return ["", numbers, *charts, widths(frame), (names, frame), gr.update(value=str(out))]
+        return ["", eval_view.localised(numbers, t), *charts, widths(frame, t), (names, frame),
+                gr.update(value=str(out))]
 
     def perplexity_axis(names: list[str] | None) -> Any:
         """A property update of its own, after the data: a gr.BarPlot whose properties change redraws with the
@@ -352,18 +369,22 @@ def build_compare(ctx: StudioContext, lang: Any, chosen: Any, message: Any, metr
         chart = compare.bar_frame(compare.metrics_frame(runs), "perplexity") if runs else None
         return gr.update(y_lim=[0, compare.axis_top("perplexity", chart["value"])]) if chart is not None else gr.skip()
 
-    chosen.change(on_compare, [chosen, lang], [message, metrics, *bars, predictions, table, csv], **PRIVATE).then(
+    outputs = [message, metrics, *bars, predictions, table, csv]
+    chosen.change(on_compare, [chosen, lang], outputs, **PRIVATE).then(
         perplexity_axis, chosen, bars[BARS.index("perplexity")], **PRIVATE)
+    # the tables' headers follow the language (the CSV keeps the English column names scripts read)
+    lang.change(on_compare, [chosen, lang], outputs, **PRIVATE)
 
     def rank(how: str):
-        def on_rank(held: Any) -> Any:
+        def on_rank(held: Any, lang_: str) -> Any:
             if not held:
                 return gr.skip()
             names, frame = held
+            t = translator(ctx, lang_)
             if how == "all":
-                return widths(frame)
-            return widths(compare.ranked(frame, names, worst=how == "worst", top=10))
+                return widths(frame, t)
+            return widths(compare.ranked(frame, names, worst=how == "worst", top=10), t)
         return on_rank
 
     for button, how in ((best, "best"), (worst, "worst"), (every, "all")):
-        button.click(rank(how), table, predictions, **PRIVATE)
+        button.click(rank(how), [table, lang], predictions, **PRIVATE)

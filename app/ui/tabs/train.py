@@ -12,7 +12,8 @@ import gradio as gr
 import pandas as pd
 
 from app.config import GROUPS, ConfigError, JobConfig
-from app.models.source import ModelSourceError
+from app.datatools.insight_report import estimate_rows
+from app.models.source import ModelSourceError, is_embedded
 from app.train.memory import estimate_memory
 from app.train.preflight import preflight
 from app.ui import plots
@@ -95,10 +96,15 @@ def build(ctx: StudioContext) -> None:
         except Exception as exc:  # noqa: BLE001 - unreadable model folder: say so, no traceback
             return empty, f"⚠ {type(exc).__name__}: {exc}"
         hw = ctx.hardware()
-        estimate = estimate_memory(info, job, on_gpu=hw.device == "cuda")
+        rows = None
+        if job.stage == "sft":  # the real row lengths, as the worker will measure them (a local folder only)
+            rows = estimate_rows(job.dataset_dir, job.datasets, None if is_embedded(name) else info.path,
+                                 job.template, job.cutoff_len, job.max_samples)
+        estimate = estimate_memory(info, job, on_gpu=hw.device == "cuda", rows=rows)
         device = "GPU" if hw.gpus else "RAM"
         key = "msg.over_budget" if estimate.total_mb > hw.budget_mb else "msg.fits"
         note = ctx.t(key, lang_, need=estimate.total_mb, have=hw.budget_mb, device=device)
+        note += " " + ctx.t("msg.estimate_rows" if rows else "msg.estimate_cutoff", lang_)
         return plots.memory_frame(estimate, lambda key, **v: ctx.t(key, lang_, **v)), note
 
     triggers = [c.change for c in fields] + [model[0].change, model[1].submit, model[1].blur, lang.change]
