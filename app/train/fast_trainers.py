@@ -9,7 +9,8 @@ DPO (`FastDPOMixin`): TRL's DPO trainer needs per-token log-probabilities of cho
 answers from its fused head, plus entropy, mean logit and top-1 match for its logged metrics. Here
 the head computes the log-probabilities of the label positions only (on CPU TRL scores every position,
 prompt and padding included) and the three extras are not computed: their metrics are dropped from
-the logs instead of being logged as zeros.
+the logs instead of being logged as zeros. Each pair runs as one row whose prompt is computed once
+(app.train.shared_prompt) where the model and the device allow it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 
 import torch
 
-from app.train import loss_head
+from app.train import loss_head, shared_prompt
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ class FastDPOMixin:
         base = _base_model(self.model)
         extra = ("log_sum_sq_probs",) if getattr(self, "use_weighting", False) else ()  # WPO's weights
         install_compact_dpo_head(base, ref=self.ref_model, outputs=("log_probs", *extra))
+        # One row per pair with the prompt computed once, where the model and device allow (README, Training speed)
+        self.shared_prompt = shared_prompt.install([base, self.ref_model], self.args.device, logits_head=not extra)
 
     def log(self, logs: dict, *args, **kwargs):
         for metrics in self._metrics.values():  # DPOTrainer.log merges these into the logs

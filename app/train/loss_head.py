@@ -71,3 +71,18 @@ def install_log_prob_head(base_model: torch.nn.Module) -> None:
     from trl.trainer.utils import add_fused_lm_head
 
     add_fused_lm_head(base_model, outputs=("log_probs",))
+
+
+def kept_log_probs(forward, labels: torch.Tensor, **inputs) -> torch.Tensor:
+    """Per-token log-probabilities of the labels ([batch, seq - 1], zero where the label is -100), as TRL's
+    fused head returns them, from logits at the label positions only (`logits_to_keep`).
+
+    On CPU this beats the chunked fused head: that one recomputes every logit tile in its backward (one
+    more vocabulary projection per token) and folds each tile in several elementwise passes; here the
+    kept logits ([label tokens, vocab], float32) are held until the backward instead."""
+    columns = label_columns(labels)
+    logits = forward(**inputs, use_cache=False, logits_to_keep=columns).logits  # [batch, kept, vocab]
+    targets = labels[:, columns + 1]
+    kept = -F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none")
+    out = logits.new_zeros(labels.shape[0], labels.shape[1] - 1, dtype=torch.float32)
+    return out.index_copy(1, columns, kept.view_as(targets))

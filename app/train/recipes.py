@@ -194,12 +194,14 @@ def build_dpo_trainer(job: JobConfig, model, tokenizer, data: Prepared, output_d
     disabled (ref_model=None, no second copy); with freeze/full, TRL loads a frozen copy of the base."""
     from trl import DPOConfig, DPOTrainer
 
+    from app.train import shared_prompt
     from app.train.fast_trainers import FastDPOMixin
 
     class StudioDPOTrainer(AtomicCheckpointMixin, FastDPOMixin, DPOTrainer):
         pass
 
-    args = _config(DPOConfig, trainer_arguments(job, output_dir, data.eval is not None) | dict(
+    common = shared_prompt.micro_batch_arguments(job, model, trainer_arguments(job, output_dir, data.eval is not None))
+    args = _config(DPOConfig, common | dict(
         beta=job.pref_beta,
         max_length=job.cutoff_len,
         # The reference (the frozen base) scores each pair once, before training, when training sees the
