@@ -74,10 +74,17 @@ def test_two_sessions_start_and_stop_at_once(studio):
         for page, name in ((pages[queued], queued), (pages[running], running)):
             page.locator("#train-run input").fill(name)
             page.get_by_role("option", name=name).click()
+            # Stop acts on the run the server has as selected: wait until the status line follows the pick
+            page.wait_for_function("n => document.querySelector('#train-status').innerText.includes(n)", arg=name,
+                                   timeout=120_000)
             page.click("#train-stop")
         for page in pages.values():
-            page.wait_for_function("(document.querySelector('#train-runs').innerText.match(/stopped/g) || [])"
-                                   ".length === 2", timeout=240_000)
+            try:
+                page.wait_for_function("(document.querySelector('#train-runs').innerText.match(/stopped/g) || [])"
+                                       ".length === 2", timeout=240_000)
+            except Exception as error:  # playwright's TimeoutError: say what the runs and the page showed
+                raise AssertionError(f"runs: {[state_of(studio, n) for n in pages]}; table: "
+                                     f"{page.inner_text('#train-runs')!r}") from error
         assert state_of(studio, running)["state"] == "stopped" and state_of(studio, queued)["state"] == "stopped"
         assert "pid" not in state_of(studio, queued) or not state_of(studio, queued)["pid"]  # never started
         deadline = time.time() + 120  # it wrote `stopped` on its way out; the process exits just after
@@ -94,4 +101,3 @@ def test_two_sessions_start_and_stop_at_once(studio):
         assert "状态" in table and "名称" in table and "stopped" not in table
         page.wait_for_function("document.querySelector('#train-status').innerText.includes('已停止')",
                                timeout=60_000)
-        browser.close()
