@@ -36,3 +36,18 @@ def test_a_failing_body_ends_failed_with_its_error(tmp_path):
     state = run.read_state()
     assert state["state"] == "failed" and "val_size" in state["error"]
     assert "Traceback" in run.log_file.read_text()  # the traceback stays in the run's own log
+
+
+def test_the_one_file_lock_excludes_a_second_holder_and_frees_on_exit(tmp_path):
+    """flock belongs to the open file: a second holder, even in this process, waits (or is refused)."""
+    import pytest as _pytest
+
+    from app.filelock import file_lock
+
+    lock = tmp_path / "sub" / ".x.lock"
+    with file_lock(lock):
+        assert lock.is_file()  # made with its folder
+        with _pytest.raises(BlockingIOError), file_lock(lock, blocking=False):
+            pass
+    with file_lock(lock, blocking=False):  # released on exit
+        pass

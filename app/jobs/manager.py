@@ -12,7 +12,6 @@ seconds and at once when a worker we spawned exits: no browser needs to be open.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from app.config import Schema
+from app.filelock import file_lock
 from app.jobs.names import RunNameError, inside_runs
 from app.jobs.process import process_alive, stop_process
 from app.jobs.scheduler import Scheduler
@@ -140,14 +140,12 @@ class JobManager:
             if self._queue_depth:  # re-entered by this thread (submit -> refresh): the file is ours already
                 yield
                 return
-            with open(self.runs_dir / ".queue.lock", "a") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX)  # flock is per open file: taken once per holder
+            with file_lock(self.runs_dir / ".queue.lock"):  # a new open file: taken once per holder
                 self._queue_depth += 1
                 try:
                     yield
                 finally:
                     self._queue_depth -= 1
-                    fcntl.flock(handle, fcntl.LOCK_UN)
 
     def refresh(self) -> None:
         """Reap finished children, mark dead workers failed, start the next queued run."""

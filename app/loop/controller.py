@@ -19,13 +19,12 @@ runs/loop/status.json, which the UI and `ftstudio loop status` show.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 from app.atomic import write_json_atomic
 from app.config.loop import POLICY_FILE, LoopPolicy
 from app.eval.results import read_results
+from app.filelock import file_lock
 from app.jobs.manager import JobManager, process_alive
 from app.loop.feedback import SET_OF_METHOD, FeedbackCounts, FeedbackStore
 from app.loop.history import History, LoopError, Version
@@ -196,16 +196,12 @@ class LoopController:
 
     @contextmanager
     def _cycle_lock(self) -> Iterator[None]:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / ".cycle.lock", "a") as handle:
+        with ExitStack() as held:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.enter_context(file_lock(self.folder / ".cycle.lock", blocking=False))
             except BlockingIOError:
                 raise LoopBusy(f"A check is already running: {self.activity().get('message', '')}") from None
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+            yield
 
     def _report(self, state: str, message: str, version: int | None = None, say: Callable[[str], None] | None = None
                 ) -> None:

@@ -16,7 +16,6 @@ line still is, with the reason.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import time
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.filelock import file_lock
 from app.loop.rows import (
     Message,
     SetError,
@@ -86,13 +86,8 @@ class FeedbackStore:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / ".feedback.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with file_lock(self.folder / ".feedback.lock"):
+            yield
 
     # -- recording ---------------------------------------------------------------------------------
     def record(self, messages: list[dict[str, Any]], answer: str, rating: str | None = None,

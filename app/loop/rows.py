@@ -12,7 +12,6 @@ write, under a lock file) after that.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import tempfile
@@ -25,6 +24,7 @@ from typing import Any
 from app.data.catalogue import CATALOGUE_NAME, DatasetSpec, load_catalogue, parse_entry, register_dataset
 from app.data.errors import DataError, Problem
 from app.data.formats import _Row, convert_row
+from app.filelock import file_lock
 
 Message = dict[str, str]
 ENTRIES: dict[str, dict[str, Any]] = {
@@ -82,13 +82,8 @@ def row_problems(row: dict[str, Any], stage: str, where: str = "feedback") -> li
 
 @contextmanager
 def _locked(folder: Path, name: str) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True)
-    with _threads, open(folder / f".{name}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with _threads, file_lock(folder / f".{name}.lock"):
+        yield
 
 
 def find_set(dataset_dir: Path, name: str) -> DatasetSpec | None:

@@ -7,7 +7,6 @@ tokenizer with its chat template). The embedded default ships as a Q4_1 GGUF ins
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import os
 import shutil
@@ -15,6 +14,8 @@ import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+
+from app.filelock import file_lock
 
 EMBEDDED_ID = "SmolLM2-135M-Instruct"
 EMBEDDED_ALIASES = {"", "embedded", "default", EMBEDDED_ID.lower(), "huggingfacetb/smollm2-135m-instruct"}
@@ -58,13 +59,8 @@ def embedded_gguf_path() -> Path:
 @contextmanager
 def _file_lock(path: Path):
     """Serialise the one-time conversion between processes (UI, worker, tests)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(path):
+        yield
 
 
 def embedded_model_dir(progress: Progress | None = None) -> Path:

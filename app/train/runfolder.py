@@ -11,7 +11,6 @@ a process's memory. Writers append or replace atomically, so a reader never sees
 
 from __future__ import annotations
 
-import fcntl
 import json
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from typing import Any
 
 from app.atomic import write_json_atomic, write_text_atomic
 from app.config import CONFIG_KINDS, JobConfig, Schema
+from app.filelock import file_lock
 
 STATES = ("queued", "running", "finished", "failed", "stopped")
 ACTIVE_STATES = ("queued", "running")
@@ -139,12 +139,8 @@ class RunFolder:
     @contextmanager
     def _state_lock(self) -> Iterator[None]:
         """Serialise read-modify-write of state.json between the manager and the worker (two processes)."""
-        with open(self.path / ".state.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with file_lock(self.path / ".state.lock"):
+            yield
 
     def write_state(self, **changes: Any) -> dict:
         with self._state_lock():

@@ -16,7 +16,6 @@ No gradio here: the Chat tab calls these, unit tests call them directly.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import re
 import tempfile
@@ -31,6 +30,7 @@ from app.atomic import append_line, write_bytes_atomic
 from app.data.catalogue import CATALOGUE_NAME, DatasetSpec, load_catalogue, register_dataset
 from app.data.errors import DataError
 from app.data.files import read_rows
+from app.filelock import file_lock
 
 DEFAULT_DATASET = "chat_preferences"
 # LLaMA-Factory role -> column name in the file (alpaca with history: prompt/query/chosen/rejected).
@@ -129,13 +129,8 @@ def _usable_entry(spec: DatasetSpec) -> None:
 
 @contextmanager
 def _locked(folder: Path, name: str) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True)
-    with _lock, open(folder / f".{name}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with _lock, file_lock(folder / f".{name}.lock"):
+        yield
 
 
 def _append(path: Path, row: dict[str, Any]) -> None:
