@@ -88,7 +88,7 @@ def test_stop_waits_while_the_worker_saves(studio):
     manager, submit = studio
     run = submit("saver", "save_on_term")
     wait_for(lambda: run.events.read_all(), what="the worker to start")
-    manager.stop("saver", grace_s=0.3, ceiling_s=60, wait=True)  # the save takes longer than the grace
+    manager.stop("saver", grace_s=1.0, ceiling_s=60, wait=True)  # the save (2 s) outlasts the grace
     state = run.read_state()
     assert state["state"] == "stopped" and not state.get("error"), state
     assert (run.path / "saved").read_text() == "complete"  # never killed mid-save

@@ -120,13 +120,15 @@ def stop_process(pid: int | None, pgid: int | None = None, *, started: float | N
 
     if not gone():
         send(pid, pgid, sig)
+    last_busy = t0  # a save that ends restarts the grace: the worker still writes its end and exits
     while not gone():
-        waited = time.monotonic() - t0
-        if waited >= ceiling:
+        now = time.monotonic()
+        if now - t0 >= ceiling:
             break
         saving = bool(busy and busy())
-        was_busy = was_busy or saving
-        if waited >= grace and not saving:
+        if saving:
+            was_busy, last_busy = True, now
+        elif now - last_busy >= grace:
             break
         time.sleep(POLL_S)
     forced = False
