@@ -75,8 +75,10 @@ def test_two_sessions_start_and_stop_at_once(studio):
             page.locator("#train-run input").fill(name)
             page.get_by_role("option", name=name).click()
             # Stop acts on the run the server has as selected: wait until the status line follows the pick
-            page.wait_for_function("n => document.querySelector('#train-status').innerText.includes(n)", arg=name,
+            page.wait_for_function("n => document.querySelector('#train-status').innerText.includes(n)"
+                                   " && document.querySelector('#train-run input').value === n", arg=name,
                                    timeout=120_000)
+            page.wait_for_timeout(500)  # let a tick already on its way land before the click reads the pick
             page.click("#train-stop")
         for page in pages.values():
             try:
