@@ -18,6 +18,27 @@ def _unknown(dataset_dir: str | os.PathLike[str], name: str, specs: dict[str, Da
     return Problem(where, None, name, f"unknown dataset {name!r} (known datasets: {known})")
 
 
+def _load_named(dataset_dir: str | os.PathLike[str], specs: dict[str, DatasetSpec], names: list[str],
+                stage: str | None, max_samples: int | None = None) -> tuple[list[dict[str, Any]], list[Problem]]:
+    """(examples of every named set, concatenated in order; every problem). stage None: each set's own."""
+    examples: list[dict[str, Any]] = []
+    problems: list[Problem] = []
+    for name in names:
+        if name not in specs:
+            problems.append(_unknown(dataset_dir, name, specs))
+            continue
+        spec = specs[name]
+        try:
+            examples += load_examples(spec, stage or spec.stage, max_samples)
+        except DataError as e:
+            problems += e.problems
+    return examples, problems
+
+
+def _none_selected(dataset_dir: str | os.PathLike[str], names: list[str]) -> list[Problem]:
+    return [] if names else [Problem(display_path(dataset_dir), None, None, "no dataset selected")]
+
+
 def load_datasets(
     dataset_dir: str | os.PathLike[str], names: list[str], stage: str, max_samples: int | None = None
 ) -> list[dict[str, Any]]:
@@ -26,18 +47,8 @@ def load_datasets(
     `max_samples` applies to each dataset, as in LLaMA-Factory.
     """
     specs = load_catalogue(dataset_dir)
-    problems: list[Problem] = []
-    examples: list[dict[str, Any]] = []
-    if not names:
-        problems.append(Problem(display_path(dataset_dir), None, None, "no dataset selected"))
-    for name in names:
-        if name not in specs:
-            problems.append(_unknown(dataset_dir, name, specs))
-            continue
-        try:
-            examples += load_examples(specs[name], stage, max_samples)
-        except DataError as e:
-            problems += e.problems
+    examples, problems = _load_named(dataset_dir, specs, names, stage, max_samples)
+    problems = _none_selected(dataset_dir, names) + problems
     if problems:
         raise DataError(cap_problems(problems))
     return examples
@@ -49,17 +60,7 @@ def check_datasets(dataset_dir: str | os.PathLike[str], names: list[str], stage:
         specs = load_catalogue(dataset_dir)
     except DataError as e:
         return e.problems
-    problems: list[Problem] = []
-    for name in names:
-        if name not in specs:
-            problems.append(_unknown(dataset_dir, name, specs))
-            continue
-        spec = specs[name]
-        try:
-            load_examples(spec, stage or spec.stage)
-        except DataError as e:
-            problems += e.problems
-    return problems
+    return _load_named(dataset_dir, specs, names, stage)[1]
 
 
 def count_rows(
@@ -70,20 +71,8 @@ def count_rows(
         specs = load_catalogue(dataset_dir)
     except DataError as e:
         return 0, e.problems
-    problems: list[Problem] = []
-    rows = 0
-    if not names:
-        problems.append(Problem(display_path(dataset_dir), None, None, "no dataset selected"))
-    for name in names:
-        if name not in specs:
-            problems.append(_unknown(dataset_dir, name, specs))
-            continue
-        spec = specs[name]
-        try:
-            rows += len(load_examples(spec, stage or spec.stage, max_samples))
-        except DataError as e:
-            problems += e.problems
-    return rows, cap_problems(problems)
+    examples, problems = _load_named(dataset_dir, specs, names, stage, max_samples)
+    return len(examples), cap_problems(_none_selected(dataset_dir, names) + problems)
 
 
 def val_size_problem(val_size: float, rows: int) -> str | None:
