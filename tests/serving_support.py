@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +35,40 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def api_process(args: list[str], log_file: Path, env: dict[str, str] | None = None,
+                start_timeout_s: float = 300) -> Iterator[str]:
+    """`python -m app.cli api --port P ARGS` in its own session on a free loopback port; yields its base URL
+    once /health answers (its log's tail if it exits first); ends its whole group afterwards."""
+    port = free_port()
+    with open(log_file, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "api", "--host", "127.0.0.1", "--port", str(port),
+                                 *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=os.environ | {"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"} | (env or {}))
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + start_timeout_s
+            while True:
+                assert proc.poll() is None, log_file.read_text()[-3000:]
+                assert time.time() < deadline, "the API did not start"
+                try:
+                    with urllib.request.urlopen(f"{url}/health", timeout=5):
+                        break
+                except OSError:
+                    time.sleep(0.5)
+            yield url
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def serve(app: Any) -> Iterator[str]:

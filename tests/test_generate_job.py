@@ -7,16 +7,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from serving_support import api_process
 
 from app.config import GenerateConfig
 from app.data.catalogue import load_catalogue
@@ -95,40 +93,11 @@ def test_stop_keeps_the_rows_made_so_far(catalogue, tmp_path):
     assert len(rows) < 30
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture()
 def api_server(tmp_path) -> Iterator[str]:
     """`python -m app.cli api` on a free loopback port with a key; ended (its whole group) afterwards."""
-    port = free_port()
-    env = os.environ | {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "FTSTUDIO_API_KEY": "sk-synth-test"}
-    log = open(tmp_path / "api.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 300
-        while True:
-            assert proc.poll() is None, (tmp_path / "api.log").read_text()[-3000:]
-            assert time.time() < deadline, "the API did not start"
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5):
-                    break
-            except OSError:
-                time.sleep(0.5)
+    with api_process([], tmp_path / "api.log", {"HF_HUB_OFFLINE": "1", "FTSTUDIO_API_KEY": "sk-synth-test"}) as url:
         yield f"{url}/v1"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 def generate_cli(args: list[str], key: str) -> subprocess.CompletedProcess:

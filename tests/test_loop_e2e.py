@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from serving_support import free_port
+from serving_support import api_process
 
 from app.config.loop import LoopPolicy
 from app.loop.controller import LoopController
@@ -49,31 +48,9 @@ def api(tmp_path_factory) -> Iterator[dict]:
         model_name="assistant", enabled=True, min_new_rows=6, check_interval_s=1, method="sft", replay_share=0.25,
         replay_dataset="alpaca_en_zh_demo", dataset_dir=str(catalogue), learning_rate=5e-4, max_steps=20,
         eval_dataset="identity_eval", eval_max_samples=4, eval_max_new_tokens=16))
-    port = free_port()
-    env = os.environ | {"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    log = open(root / "api.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "api", "--port", str(port), "--runs-dir", str(runs),
-                             "--loop", str(controller.policy_path)], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    until(lambda: proc.poll() is not None or _up(url), "the API to start")
-    assert proc.poll() is None, (root / "api.log").read_text()[-3000:]
-    try:
-        yield {"url": url, "runs": runs, "controller": controller, "log": root / "api.log"}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-
-
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+    log = root / "api.log"
+    with api_process(["--runs-dir", str(runs), "--loop", str(controller.policy_path)], log) as url:
+        yield {"url": url, "runs": runs, "controller": controller, "log": log}
 
 
 def until(condition, what: str) -> None:
