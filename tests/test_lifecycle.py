@@ -38,6 +38,30 @@ def test_a_failing_body_ends_failed_with_its_error(tmp_path):
     assert "Traceback" in run.log_file.read_text()  # the traceback stays in the run's own log
 
 
+def test_a_stop_inside_a_library_import_ends_stopped_not_failed(tmp_path):
+    """Seen in CI: Stop reached a worker while transformers imported TRL lazily; transformers re-raises
+    anything from an import as RuntimeError("Failed to import ...") from the original. A real SIGTERM
+    through the worker's own handler, wrapped the same way, must still end the run `stopped`."""
+    import os
+    import signal
+
+    run = _run(tmp_path, "early")
+    setup_logging(run)
+
+    def body(ctx):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler raises StopRequested here
+        except Exception as exc:
+            raise RuntimeError("Failed to import trl.trainer.sft_trainer because of the following error") from exc
+        return "finished", None
+
+    assert supervise(run, body) == 0
+    state = run.read_state()
+    assert state["state"] == "stopped" and state["error"] is None
+    assert [e["state"] for e in run.events.read_all() if e["kind"] == "done"] == ["stopped"]
+    assert signal.getsignal(signal.SIGTERM) is not None  # the old handler is back
+
+
 def test_the_one_file_lock_excludes_a_second_holder_and_frees_on_exit(tmp_path):
     """flock belongs to the open file: a second holder, even in this process, waits (or is refused)."""
     import pytest as _pytest

@@ -34,6 +34,18 @@ class StopRequested(Exception):
     """SIGTERM arrived before the body reached a point where it can stop cleanly: nothing to save."""
 
 
+def is_stop(exc: BaseException) -> bool:
+    """A StopRequested, or an error a library raised because one arrived inside it (transformers' lazy
+    imports re-raise anything as "Failed to import ..." with the original as the cause)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, StopRequested):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 class StopFlag:
     """Set from a SIGTERM handler; read by the body (the trainer callback) at its next safe point.
 
@@ -148,12 +160,13 @@ def supervise(run: RunFolder, body: Callable[[RunContext], tuple[str, str | None
     try:
         state, error = body(ctx)
         code = 1 if state == "failed" else 0
-    except StopRequested:
-        state, code = "stopped", 0
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the run folder
-        error = describe_failure(exc)
-        log.error("run failed:\n%s", traceback.format_exc(), extra={"file_only": True})
-        log.error("run failed: %s", error)
+        if is_stop(exc):
+            state, code = "stopped", 0
+        else:
+            error = describe_failure(exc)
+            log.error("run failed:\n%s", traceback.format_exc(), extra={"file_only": True})
+            log.error("run failed: %s", error)
     finally:
         restore_signals(previous)
         run.events.append("done", state=state, error=error)

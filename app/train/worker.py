@@ -20,6 +20,7 @@ from app.train.lifecycle import (
     RunContext,
     StopRequested,
     handle_stop_signals,
+    is_stop,
     restore_signals,
     setup_logging,
     supervise,
@@ -137,11 +138,12 @@ def _run_rank(job: JobConfig, run: RunFolder) -> int:
     try:
         state = _train(job, run, events, ctx)
         code = 0
-    except StopRequested:
-        state, code = "stopped", 0
     except BaseException as exc:  # noqa: BLE001
-        error = f"{type(exc).__name__}: {exc}"
-        log.error("rank %d failed:\n%s", distributed.rank(), traceback.format_exc())
+        if is_stop(exc):
+            state, code = "stopped", 0
+        else:
+            error = f"{type(exc).__name__}: {exc}"
+            log.error("rank %d failed:\n%s", distributed.rank(), traceback.format_exc())
     finally:
         restore_signals(previous)
         if distributed.is_local_main_process():  # rank 0; on other machines, their own first process
