@@ -54,6 +54,8 @@ def test_run_folder_follows_the_contract(identity_run: RunFolder):
     assert any(e["tokens_per_s"] for e in logs)
     stages = [e["message"] for e in events if e["kind"] == "stage"]
     assert any(m.startswith("tokenized") and "rows" in m for m in stages)
+    training = next(e for e in events if e["kind"] == "stage" and e["name"] == "training")
+    assert "through oneDNN with packed weights" in training["kernels"], training  # CPU LoRA in fp32
 
 
 def test_loss_and_eval_loss_fall(identity_run: RunFolder):

@@ -19,7 +19,6 @@ as much memory as the linear weights, so it is made only when the machine has th
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 import types
 from collections.abc import Iterator
@@ -28,15 +27,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-log = logging.getLogger(__name__)
+from app.models import onednn
 
 PACK_HINT = 16  # the batch size oneDNN tunes the blocked layout for; rows come out the same at any size
 _state = threading.local()
-
-
-def available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise") \
-        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+available = onednn.available
 
 
 @contextlib.contextmanager
@@ -54,7 +49,7 @@ def _forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     packed = self._ftstudio_packed
     if (getattr(_state, "on", False) and packed is not None and x.dtype == torch.float32 and x.device.type == "cpu"
             and self.weight._version == self._ftstudio_version and not torch.is_grad_enabled()):
-        return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
+        return onednn.linear(x, packed, self.bias)
     return F.linear(x, self.weight, self.bias)
 
 
@@ -70,27 +65,14 @@ def pack_linears(model: torch.nn.Module) -> int:
         return 0
     layers = _linears(model)
     size = sum(layer.weight.numel() * 4 for layer in layers)
-    if not layers or not _memory_to_spare(size):
+    if not layers or not onednn.memory_to_spare(size, "linear weights"):
         return 0
     with torch.no_grad():
         for layer in layers:
-            layer._ftstudio_packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), PACK_HINT)
+            layer._ftstudio_packed = onednn.pack(layer.weight, PACK_HINT)
             layer._ftstudio_version = layer.weight._version
             layer.forward = types.MethodType(_forward, layer)
     return size
-
-
-def _memory_to_spare(size: int) -> bool:
-    try:
-        import psutil
-
-        free = psutil.virtual_memory().available
-    except Exception:  # noqa: BLE001 - no reading: stay on the plain path
-        return False
-    if free < 2 * size:
-        log.info("not packing linear weights: %.0f MB would leave too little of %.0f MB free", size / 1e6, free / 1e6)
-        return False
-    return True
 
 
 def packed_bytes(model: Any) -> int:

@@ -259,6 +259,10 @@ class JobConfig(Schema):
     torch_compile: bool = param(
         False, "Compile the model with torch.compile: a one-off compile time for faster steps on long GPU runs "
         "(rows of new lengths recompile; not worth it for short runs).", "advanced")
+    packed_weights: bool = param(
+        True, "CPU, LoRA in fp32: the frozen base weights go through oneDNN, packed once for the forward and "
+        "the backward (faster steps for as much memory again as those weights; only when that memory is "
+        "free). Off: PyTorch's default kernels.", "advanced")
     logging_steps: int = param(5, "Log loss every N steps.", "advanced", minimum=1)
     save_steps: int = param(50, "Save a checkpoint every N steps.", "advanced", minimum=1)
     eval_steps: int | None = param(None, "Eval every N steps (empty = save_steps).", "advanced", minimum=1)

@@ -26,6 +26,8 @@ estimate updates instantly as the user changes settings. Assumptions, stated so 
   exist whole at once: the smaller of the two is counted at BACKWARD_OVERLAP.
 - Adam keeps two fp32 states per trainable parameter (8-bit Adam: two bytes); LoRA/QLoRA/freeze
   trainable weights are fp32 (the worker upcasts them), a frozen base lives in the compute dtype.
+- LoRA on CPU in fp32: the frozen linear weights are packed for oneDNN (app.train.frozen_linears): the
+  packed forward and backward copies stand in for the plain weight, one more copy of those weights.
 - QLoRA on CPU: bitsandbytes dequantizes each weight to fp32 for every matmul and the C allocator keeps
   those buffers, so resident memory grows by about the fp32 size of the quantized layers.
 - Several processes: each device holds its own share. DDP keeps a second copy of the gradients
@@ -71,6 +73,7 @@ class MemoryEstimate:
     overlap_mb: float = 0.0  # subtracted: activations freed while gradients are created
     reference_mb: float = 0.0  # dpo/kto with freeze/full: the frozen reference copy of the weights
     dequant_mb: float = 0.0  # QLoRA on CPU: fp32 buffers of dequantized weights
+    packed_mb: float = 0.0  # CPU LoRA: the frozen linear weights packed for oneDNN (a second copy)
     offloaded_mb: float = 0.0  # in CPU RAM instead (offload); not part of the device total
     tokens_per_step: int = 0  # per device and micro-batch: the largest batch (worst case: batch x cutoff_len)
     from_data: bool = False  # sized from the tokenized rows' lengths, not the worst case
@@ -78,7 +81,7 @@ class MemoryEstimate:
     @property
     def total_mb(self) -> float:
         return (self.weights_mb + self.reference_mb + self.gradients_mb + self.optimizer_mb + self.activations_mb
-                - self.overlap_mb + self.dequant_mb + self.overhead_mb)
+                - self.overlap_mb + self.dequant_mb + self.packed_mb + self.overhead_mb)
 
     def as_dict(self) -> dict:
         return asdict(self) | {"total_mb": self.total_mb}
@@ -93,6 +96,8 @@ class MemoryEstimate:
             rows.append(("freed in backward", -self.overlap_mb))
         if self.dequant_mb:
             rows.append(("dequantization buffers", self.dequant_mb))
+        if self.packed_mb:
+            rows.append(("packed weights (oneDNN)", self.packed_mb))
         rows.append(("runtime overhead", self.overhead_mb))
         if self.offloaded_mb:
             rows.append(("offloaded to CPU RAM (not in total)", self.offloaded_mb))
@@ -256,14 +261,17 @@ def estimate_memory(info: ModelInfo, job: JobConfig, on_gpu: bool, world_size: i
         if zero_stage >= 3:
             offloaded, weights, reference = offloaded + weights + reference, 0.0, 0.0
 
+    from app.train import frozen_linears  # torch: loaded only once an estimate is asked for
+
     tokens, labels = largest_batch(job, rows, on_gpu)
     activations = tokens * activation_bytes_per_token(info, job) + labels * head_bytes_per_label(info, job, on_gpu)
     overlap = (1 - BACKWARD_OVERLAP) * min(activations, gradients)
     dequant = linear * 4.0 if job.quantization_bit is not None and not on_gpu else 0.0
+    packed = linear * 4.0 if frozen_linears.job_reason(job, on_gpu, world_size) is None else 0.0
     overhead = OVERHEAD_MB["gpu" if on_gpu else "cpu"] * MB
     return MemoryEstimate(
         weights_mb=weights / MB, reference_mb=reference / MB, gradients_mb=gradients / MB, optimizer_mb=optimizer / MB,
         activations_mb=activations / MB, overhead_mb=overhead / MB, overlap_mb=overlap / MB,
-        dequant_mb=dequant / MB, offloaded_mb=offloaded / MB, tokens_per_step=tokens, from_data=bool(rows),
-        trainable_params=trainable, total_params=info.n_params,
+        dequant_mb=dequant / MB, packed_mb=packed / MB, offloaded_mb=offloaded / MB, tokens_per_step=tokens,
+        from_data=bool(rows), trainable_params=trainable, total_params=info.n_params,
     )

@@ -158,6 +158,7 @@ def _train(job: JobConfig, run: RunFolder, events, ctx: RunContext) -> str:
     from app.models.source import resolve_model_path
     from app.train import distributed
     from app.train.callbacks import EventCallback
+    from app.train.frozen_linears import frozen_linears_packed
     from app.train.kernels import resolve_precision
     from app.train.memory_plan import plan_memory
     from app.train.model_setup import apply_method, count_parameters, load_model, load_tokenizer
@@ -201,10 +202,12 @@ def _train(job: JobConfig, run: RunFolder, events, ctx: RunContext) -> str:
     callback = EventCallback(events, ctx.stop, is_writer=distributed.is_main_process())
     trainer = BUILDERS[job.stage](job, model, tokenizer, data, run.checkpoints, [callback])
     apply_to_trainer(job, trainer)  # LoRA+
-    events.append("stage", name="training", resumed_from=resume,
-                  message=f"training{' (resumed from ' + Path(resume).name + ')' if resume else ''}")
     ctx.interruptible = False  # from here a stop signal only sets the flag: the Trainer saves and ends
-    trainer.train(resume_from_checkpoint=resume)
+    with frozen_linears_packed(job, model, world) as kernels:  # CPU LoRA: frozen weights on oneDNN
+        log.info("kernels: %s", kernels)
+        events.append("stage", name="training", resumed_from=resume, kernels=kernels,
+                      message=f"training{' (resumed from ' + Path(resume).name + ')' if resume else ''}")
+        trainer.train(resume_from_checkpoint=resume)
     stopped = ctx.stop.requested  # a stop that arrives during the final save must not abort it
 
     events.append("stage", name="saving", message=f"saving to {run.adapter}")

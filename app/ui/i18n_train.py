@@ -44,6 +44,7 @@ RUN_STRINGS: dict[str, dict[str, str]] = {
     "mem.activations": {"en": "activations", "zh": "激活值"},
     "mem.freed in backward": {"en": "freed in backward", "zh": "反向传播中释放"},
     "mem.dequantization buffers": {"en": "dequantization buffers", "zh": "反量化缓冲区"},
+    "mem.packed weights (oneDNN)": {"en": "packed weights (oneDNN)", "zh": "预打包权重（oneDNN）"},
     "mem.runtime overhead": {"en": "runtime overhead", "zh": "运行时开销"},
     "mem.offloaded to CPU RAM (not in total)": {"en": "offloaded to CPU RAM (not in total)",
                                                 "zh": "卸载到 CPU 内存（不计入总计）"},
