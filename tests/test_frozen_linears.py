@@ -25,7 +25,7 @@ def test_a_packed_layer_gives_the_plain_product_and_gradient_and_unpacks_exactly
     plain = layer(x)
     (plain_grad,) = torch.autograd.grad(plain.square().sum(), x)
 
-    frozen_linears.pack(layer)
+    frozen_linears.pack(layer, frozen_linears.file_mappings())
     assert layer.weight.stride() == (0, 0)  # the plain copy is gone while packed
     packed = layer(x)
     (packed_grad,) = torch.autograd.grad(packed.square().sum(), x)
@@ -66,11 +66,13 @@ def test_a_lora_step_is_the_same_and_the_base_comes_back_even_after_a_failure(lo
 
     with pytest.raises(RuntimeError, match="a training step failed"):
         with frozen_linears.frozen_linears_packed(job, lora_model) as line:
-            assert "frozen linear layers through oneDNN" in line, line
+            assert "frozen linear layers and the output head through oneDNN" in line, line
             head = lora_model.get_output_embeddings()
             packed = [m for m in lora_model.modules() if hasattr(m, frozen_linears._ATTR)]
-            # q, k, v, o, gate, up, down in each of the 2 layers (q and v inside their LoRA wrappers); not the head
-            assert len(packed) == 14 and head not in packed
+            # q, k, v, o, gate, up, down in each of the 2 layers (q and v inside their LoRA wrappers), and
+            # the head: packed for its forward, its weight (the input embeddings' too) kept for the rest
+            assert len(packed) == 15 and head in packed
+            assert torch.equal(head.weight, weights["base_model.model.model.embed_tokens.weight"])
             loss, grads = _step(lora_model)
             assert loss == pytest.approx(plain_loss, rel=1e-5)
             for a, b in zip(plain_grads, grads, strict=True):

@@ -42,23 +42,27 @@ _CHUNK_BYTES = 64 << 20  # the identity rows rebuilt at a time when unpacking
 
 
 class _FrozenLinear(torch.autograd.Function):
-    """y = x @ W.T + b with W and b frozen: the backward returns the input's gradient only."""
+    """y = x @ W.T + b with W and b frozen: the backward returns the input's gradient only, through the
+    packed W.T, or through the plain W where it is kept (the output head)."""
 
     @staticmethod
-    def forward(ctx, x, packed, packed_t, bias):
-        ctx.packed_t = packed_t
+    def forward(ctx, x, packed, packed_t, weight, bias):
+        ctx.packed_t, ctx.weight = packed_t, weight
         return onednn.linear(x.contiguous(), packed, bias)
 
     @staticmethod
     def backward(ctx, grad):
-        return onednn.linear(grad.contiguous(), ctx.packed_t), None, None, None
+        grad = grad.contiguous()
+        grad_x = onednn.linear(grad, ctx.packed_t) if ctx.packed_t is not None else grad @ ctx.weight
+        return grad_x, None, None, None, None
 
 
 def _forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     packed, packed_t = getattr(self, _ATTR)
+    weight = None if packed_t is not None else self.weight
     if x.dtype != torch.float32:
-        return _FrozenLinear.apply(x.float(), packed, packed_t, self.bias).to(x.dtype)
-    return _FrozenLinear.apply(x, packed, packed_t, self.bias)
+        return _FrozenLinear.apply(x.float(), packed, packed_t, weight, self.bias).to(x.dtype)
+    return _FrozenLinear.apply(x, packed, packed_t, weight, self.bias)
 
 
 def job_reason(job: JobConfig, on_gpu: bool, world_size: int) -> str | None:
@@ -87,18 +91,34 @@ def why_not(job: JobConfig, model: torch.nn.Module, world_size: int) -> str | No
     return reason
 
 
-def _layers(model: torch.nn.Module) -> list[torch.nn.Linear]:
-    """The frozen fp32 CPU nn.Linear layers whose weight no other module shares (not the output head)."""
+def _frozen_fp32(module) -> bool:
+    return (type(module) is torch.nn.Linear and not module.weight.requires_grad
+            and module.weight.dtype == torch.float32 and module.weight.device.type == "cpu"
+            and (module.bias is None or not module.bias.requires_grad)
+            and "forward" not in module.__dict__)  # not a layer someone else (accelerate's hooks) wraps already
+
+
+def _output_head(model: torch.nn.Module) -> torch.nn.Linear | None:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return head if head is not None and _frozen_fp32(head) else None
+
+
+def _layers(model: torch.nn.Module) -> list[torch.nn.Linear]:
+    """The frozen fp32 CPU nn.Linear layers whose weight no other module shares, but the output head."""
+    head = _output_head(model)
     owners: dict[int, int] = {}
     for module in model.modules():
         for param in module.parameters(recurse=False):
             owners[param.data_ptr()] = owners.get(param.data_ptr(), 0) + 1
     return [m for m in model.modules()
-            if type(m) is torch.nn.Linear and m is not head and not m.weight.requires_grad
-            and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"
-            and (m.bias is None or not m.bias.requires_grad) and owners[m.weight.data_ptr()] == 1
-            and "forward" not in m.__dict__]  # not a layer someone else (accelerate's hooks) wraps already
+            if m is not head and _frozen_fp32(m) and owners[m.weight.data_ptr()] == 1]
+
+
+def pack_head(head: torch.nn.Linear) -> None:
+    """The output head packed for its forward only; it keeps its plain weight (often the input embeddings'
+    too), through which its backward runs."""
+    setattr(head, _ATTR, (onednn.pack(head.weight.data, BATCH_HINT), None))
+    head.forward = types.MethodType(_forward, head)
 
 
 def pack(layer: torch.nn.Linear, file_maps: list[tuple[int, int]] | None = None) -> None:
@@ -145,6 +165,10 @@ def _release_pages(weight: torch.Tensor, file_maps: list[tuple[int, int]]) -> No
 def unpack(layer: torch.nn.Linear) -> None:
     """The plain weight back, exactly: rows of the identity through the packed product."""
     packed, packed_t = getattr(layer, _ATTR)
+    if packed_t is None:  # the output head kept its weight
+        delattr(layer, _ATTR)
+        del layer.forward
+        return
     out_features, in_features = layer.weight.shape
     if in_features <= out_features:  # I_in @ W.T = W.T
         weight = _identity_product(packed, in_features).t().contiguous()
@@ -172,11 +196,13 @@ def frozen_linears_packed(job: JobConfig, model: torch.nn.Module, world_size: in
     (what was packed, or why not); the plain weights are back when the block ends, however it ends."""
     reason = why_not(job, model, world_size)
     layers = [] if reason else _layers(model)
+    head = None if reason else _output_head(model)
     size = sum(layer.weight.numel() * 4 for layer in layers)
+    head_size = head.weight.numel() * 4 if head is not None else 0
     if not reason and not layers:
         reason = "no frozen linear layer"
-    if not reason and not onednn.memory_to_spare(size, "the frozen linear weights"):
-        reason = f"{size / 1e6:,.0f} MB more memory is not free"
+    if not reason and not onednn.memory_to_spare(size + head_size, "the frozen linear weights"):
+        reason = f"{(size + head_size) / 1e6:,.0f} MB more memory is not free"
     if reason:
         yield f"frozen linear layers through the default kernels ({reason})"
         return
@@ -187,8 +213,11 @@ def frozen_linears_packed(job: JobConfig, model: torch.nn.Module, world_size: in
             for layer in layers:
                 pack(layer, file_maps)
                 done.append(layer)
-        yield (f"{len(layers)} frozen linear layers through oneDNN with packed weights "
-               f"({size / 1e6:,.0f} MB more memory)")
+            if head is not None:
+                pack_head(head)
+                done.append(head)
+        yield (f"{len(layers)} frozen linear layers{' and the output head' if head is not None else ''} "
+               f"through oneDNN with packed weights ({(size + head_size) / 1e6:,.0f} MB more memory)")
     finally:
         with torch.no_grad():
             for layer in done:

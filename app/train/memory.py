@@ -27,7 +27,8 @@ estimate updates instantly as the user changes settings. Assumptions, stated so 
 - Adam keeps two fp32 states per trainable parameter (8-bit Adam: two bytes); LoRA/QLoRA/freeze
   trainable weights are fp32 (the worker upcasts them), a frozen base lives in the compute dtype.
 - LoRA on CPU in fp32: the frozen linear weights are packed for oneDNN (app.train.frozen_linears): the
-  packed forward and backward copies stand in for the plain weight, one more copy of those weights.
+  packed forward and backward copies stand in for the plain weight, one more copy of those weights,
+  and the output head gets a packed copy for its forward.
 - QLoRA on CPU: bitsandbytes dequantizes each weight to fp32 for every matmul and the C allocator keeps
   those buffers, so resident memory grows by about the fp32 size of the quantized layers.
 - Several processes: each device holds its own share. DDP keeps a second copy of the gradients
@@ -267,7 +268,8 @@ def estimate_memory(info: ModelInfo, job: JobConfig, on_gpu: bool, world_size: i
     activations = tokens * activation_bytes_per_token(info, job) + labels * head_bytes_per_label(info, job, on_gpu)
     overlap = (1 - BACKWARD_OVERLAP) * min(activations, gradients)
     dequant = linear * 4.0 if job.quantization_bit is not None and not on_gpu else 0.0
-    packed = linear * 4.0 if frozen_linears.job_reason(job, on_gpu, world_size) is None else 0.0
+    head = info.vocab_size * info.hidden_size  # the output head, packed for its forward (its weight kept)
+    packed = (linear + head) * 4.0 if frozen_linears.job_reason(job, on_gpu, world_size) is None else 0.0
     overhead = OVERHEAD_MB["gpu" if on_gpu else "cpu"] * MB
     return MemoryEstimate(
         weights_mb=weights / MB, reference_mb=reference / MB, gradients_mb=gradients / MB, optimizer_mb=optimizer / MB,
