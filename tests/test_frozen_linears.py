@@ -87,7 +87,8 @@ def test_a_lora_step_is_the_same_and_the_base_comes_back_even_after_a_failure(lo
 
 
 @pytest.mark.parametrize(("keys", "reason"), [
-    ({"packed_weights": False}, "packed_weights is off"),
+    ({"packed_weights": "never"}, "packed_weights is never"),
+    ({"stage": "dpo"}, "dpo packs only with packed_weights: always"),
     ({"bf16": True}, "mixed precision"),
     ({"use_dora": True}, "DoRA"),
     ({"stage": "kto"}, "stage kto"),
@@ -100,3 +101,4 @@ def test_jobs_that_keep_the_default_kernels_say_why(lora_model, keys, reason):
         assert not any(hasattr(m, frozen_linears._ATTR) for m in lora_model.modules())
     assert frozen_linears.why_not(job, lora_model, world_size=1) is not None
     assert "several processes" in frozen_linears.why_not(JobConfig(stage="sft"), lora_model, world_size=2)
+    assert frozen_linears.why_not(JobConfig(stage="dpo", packed_weights="always"), lora_model, world_size=1) is None

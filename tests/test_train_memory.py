@@ -43,8 +43,10 @@ def test_methods(info):
     head = info.vocab_size * info.hidden_size
     assert lora.packed_mb == pytest.approx((sum(i * o for _, i, o in info.linear_layers) + head) * 4 / 2**20)
     assert ("packed weights (oneDNN)", lora.packed_mb) in lora.rows()
-    for other in (qlora, freeze, full, est(info, on_gpu=True), est(info, bf16=True), est(info, packed_weights=False)):
+    for other in (qlora, freeze, full, est(info, on_gpu=True), est(info, bf16=True), est(info, packed_weights="never"),
+                  est(info, stage="dpo")):
         assert other.packed_mb == 0
+    assert est(info, stage="dpo", packed_weights="always").packed_mb == lora.packed_mb
     # freezing the last layer keeps activations for that layer only; freezing the first keeps them all
     assert freeze.activations_mb < lora.activations_mb
     assert est(info, finetuning_type="freeze", freeze_trainable_layers=-1).activations_mb == lora.activations_mb

@@ -32,6 +32,7 @@ REWARD_BUILTINS = ("exact_match", "format", "length", "reward_model", "judge")
 ROPE_SCALINGS = (None, "linear", "dynamic", "yarn", "llama3")
 DISTRIBUTED_STRATEGIES = ("auto", "none", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3")
 ATTENTION_KERNELS = ("auto", "disabled", "sdpa", "fa2")  # LLaMA-Factory's flash_attn values
+PACKED_WEIGHTS = ("auto", "always", "never")  # not on/off: YAML reads those as booleans
 
 GROUPS = {
     "model": "Model",
@@ -259,10 +260,11 @@ class JobConfig(Schema):
     torch_compile: bool = param(
         False, "Compile the model with torch.compile: a one-off compile time for faster steps on long GPU runs "
         "(rows of new lengths recompile; not worth it for short runs).", "advanced")
-    packed_weights: bool = param(
-        True, "CPU, LoRA in fp32: the frozen base weights go through oneDNN, packed once for the forward and "
-        "the backward (faster steps for as much memory again as those weights; only when that memory is "
-        "free). Off: PyTorch's default kernels.", "advanced")
+    packed_weights: str = param(
+        "auto", "CPU, LoRA in fp32: the frozen base weights go through oneDNN, packed once for the forward and "
+        "the backward: faster steps for as much memory again as those weights, only when that memory is free. "
+        "auto: SFT and pre-training; always: DPO too (its activations are small, so the copy adds about a "
+        "quarter to its peak); never: PyTorch's default kernels.", "advanced", PACKED_WEIGHTS)
     logging_steps: int = param(5, "Log loss every N steps.", "advanced", minimum=1)
     save_steps: int = param(50, "Save a checkpoint every N steps.", "advanced", minimum=1)
     eval_steps: int | None = param(None, "Eval every N steps (empty = save_steps).", "advanced", minimum=1)

@@ -244,8 +244,9 @@ ZH_HELP = {
                            "liger-kernel）；CPU 上忽略。GPU 上的损失头始终是融合的。",
     "torch_compile": "用 torch.compile 编译模型：一次性编译耗时，换取 GPU 长时间训练时更快的每一步"
                      "（新长度的行会重新编译；短任务不值得）。",
-    "packed_weights": "CPU 上以 fp32 训练 LoRA 时，冻结的基座权重走 oneDNN，为前向与反向各打包一次"
-                      "（每步更快，多占一份这些权重的内存；仅在内存足够时启用）。关闭：使用 PyTorch 默认内核。",
+    "packed_weights": "CPU 上以 fp32 训练 LoRA 时，冻结的基座权重走 oneDNN，为前向与反向各打包一次："
+                      "每步更快，多占一份这些权重的内存，仅在内存足够时启用。auto：SFT 与预训练；always：DPO 也打包"
+                      "（其激活值较小，这份拷贝约使峰值增加四分之一）；never：使用 PyTorch 默认内核。",
     "offload": "把优化器状态（fsdp / ZeRO-3 时连同参数）放在 CPU 内存：更省显存，但每步更慢。",
     "deepspeed": "DeepSpeed JSON 配置文件路径（LLaMA-Factory 的键名）；原样使用，代替自动生成的 ZeRO 配置。"
                  "意味着使用 DeepSpeed 策略。",
