@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from test_train_speed import collate
-from test_train_support import make_tiny_model
+from test_train_support import load_tiny_model
 
 from app.config import JobConfig
 from app.models import onednn
@@ -40,12 +40,8 @@ def test_a_packed_layer_gives_the_plain_product_and_gradient_and_unpacks_exactly
 @pytest.fixture(scope="module")
 def lora_model(tmp_path_factory):
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(make_tiny_model(tmp_path_factory.mktemp("tiny") / "m"),
-                                                dtype=torch.float32)
-    base.config.use_cache = False
+    base = load_tiny_model(tmp_path_factory.mktemp("tiny") / "m")
     return get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
 
 

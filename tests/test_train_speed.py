@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_train_support import make_tiny_model
+from test_train_support import load_tiny_model, make_tiny_model
 
 from app.train import loss_head
 
@@ -17,13 +17,7 @@ ROWS = [([5, 6, 7, 8, 9, 10, 11], [0, 0, 0, 1, 1, 1, 1]),
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(make_tiny_model(tmp_path_factory.mktemp("tiny") / "m"),
-                                                 dtype=torch.float32)
-    model.config.use_cache = False
-    return model.eval()
+    return load_tiny_model(tmp_path_factory.mktemp("tiny") / "m").eval()
 
 
 def collate(padding_free: bool) -> dict:

@@ -39,6 +39,17 @@ def make_tiny_model(folder: Path) -> Path:
     return folder
 
 
+def load_tiny_model(folder: Path):
+    """`make_tiny_model(folder)` loaded in float32 for training steps (no KV cache)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(make_tiny_model(folder), dtype=torch.float32)
+    model.config.use_cache = False
+    return model
+
+
 def make_tiny_catalogue(root: Path) -> Path:
     """dataset_info.json with `tiny`: 8 questions, one answer (a loss that falls within a few steps)."""
     (root / "data").mkdir(parents=True, exist_ok=True)
