@@ -9,16 +9,17 @@ the plain weight is rebuilt from the packed one, bit for bit (a product with the
 anything saves, merges or evaluates.
 
 Measured on the 2-core build machine (SmolLM2-135M, fp32, LoRA r8 q/v, the SFT job of
-`bench/vs_llamafactory.py`): the matrix products of a step took 8.7 CPU s through MKL and 6.0 s packed;
-README "Training speed" has the side-by-side with and without (`--studio-set packed_weights=never`).
+`bench/vs_llamafactory.py`): the matrix products of a step took 8.7 CPU s through MKL and 6.0 s packed,
+and the side by side went from 2.24x to 2.77x LLaMA-Factory's samples/s (README "Training speed").
 
 Not used (the plain path runs, and the job's `training` event says why): `packed_weights: never`; DPO
 unless `packed_weights: always` (its activations are small next to the weights, so the packed copy adds
-about a quarter to its peak: measured 1.26x LLaMA-Factory's peak RSS packed, 0.88x plain);
+about a quarter to its peak: measured 1.26x LLaMA-Factory's peak RSS packed, 0.87x plain);
 a GPU; bf16 or fp16 (autocast picks its own kernels); several processes (DDP and FSDP broadcast and shard
 the weights); full or freeze tuning and QLoRA (no frozen fp32 nn.Linear, or checkpoints that save the
 base weights); DoRA (it reads the base weight every step); `torch_compile`; too little free memory. The
-output head is never packed: it shares its weight with the input embeddings and scores few positions.
+output head is packed for its forward only: its plain weight stays (it is often the input embeddings'
+too), and its backward runs through it.
 """
 
 from __future__ import annotations
