@@ -51,9 +51,9 @@ def pick_run(page, name: str, tries: int = 4) -> None:
     the run the server has as selected). Under load a pick made while the run list is being refreshed
     (both runs had just appeared) was seen lost in two full-suite runs: pick again, as a user would."""
     for attempt in range(tries):
-        page.locator("#train-run input").fill(name)
-        page.get_by_role("option", name=name).click()
         try:
+            page.locator("#train-run input").fill(name, timeout=30_000)
+            page.get_by_role("option", name=name).click(timeout=30_000)  # the list may re-render meanwhile
             page.wait_for_function("n => document.querySelector('#train-status').innerText.includes(n)"
                                    " && document.querySelector('#train-run input').value === n", arg=name,
                                    timeout=30_000)
