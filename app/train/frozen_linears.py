@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import mmap
 import types
@@ -164,8 +165,12 @@ def _release_pages(weight: torch.Tensor, file_maps: list[tuple[int, int]]) -> No
     page = mmap.PAGESIZE
     first, last = -(-start // page) * page, end // page * page
     if last > first:
-        ctypes.CDLL(None, use_errno=True).madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first),
-                                                  mmap.MADV_DONTNEED)
+        _libc().madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), mmap.MADV_DONTNEED)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def unpack(layer: torch.nn.Linear) -> None:
