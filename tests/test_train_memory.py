@@ -55,8 +55,11 @@ def test_methods(info):
 
 
 def test_activations_scale_with_tokens_precision_and_checkpointing(info):
-    base = est(info)
-    assert est(info, cutoff_len=512).activations_mb == pytest.approx(2 * base.activations_mb)
+    base, full = est(info), est(info, finetuning_type="full")
+    # a head that trains keeps every label token's logits: linear in the tokens
+    assert est(info, finetuning_type="full", cutoff_len=512).activations_mb == pytest.approx(2 * full.activations_mb)
+    # a frozen head works in chunks (app.train.loss_head): its logits stop growing past one chunk
+    assert base.activations_mb < est(info, cutoff_len=512).activations_mb < 2 * base.activations_mb
     assert base.tokens_per_step == 256  # CPU: one row per micro-batch
     assert est(info, on_gpu=True).tokens_per_step == 512  # GPU: the whole batch of 2
     assert est(info, gradient_checkpointing=True).activations_mb < base.activations_mb

@@ -46,6 +46,38 @@ def test_completion_only_logits_give_the_full_logit_loss_and_gradients(tiny_mode
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # float sums in another order
 
 
+@pytest.mark.parametrize("padding_free", [True, False])
+def test_chunked_head_gives_the_full_logit_loss_and_gradients(tmp_path, monkeypatch, padding_free):
+    """The CPU head in chunks (gradient made in the forward pass) against transformers' own loss over
+    every position's logits: the same loss and the same gradients of every trainable weight."""
+    model = load_tiny_model(tmp_path / "m")
+    model.get_output_embeddings().weight.requires_grad_(False)  # LoRA, QLoRA, freeze: the head is frozen
+    assert loss_head.chunked_head_reason(model) is None
+    batch = collate(padding_free)
+    full = model(**batch).loss
+    full_grads = grads(model, full)
+    monkeypatch.setattr(loss_head, "CHUNK_LOGIT_BYTES", 4 * 4 * model.config.vocab_size)  # 4 rows a chunk: 4 chunks
+    chunked, counted = loss_head.chunked_completion_loss(model, batch)
+    assert int(counted) == n_labels(batch) == 11
+    assert chunked.item() == pytest.approx(full.item(), rel=1e-6)
+    chunked_grads = grads(model, chunked)
+    assert len(chunked_grads) == len(full_grads) > 10  # the decoder layers' weights (the head, tied to the embeddings, is frozen)
+    for a, b in zip(full_grads, chunked_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # evaluation: the loss alone, divided like the model's
+        whole = model(**batch, num_items_in_batch=40).loss
+        assert loss_head.chunked_completion_loss(model, batch, 40)[0].item() == pytest.approx(whole.item(), rel=1e-6)
+
+
+def test_chunked_head_only_where_it_computes_the_same_loss(tmp_path):
+    model = load_tiny_model(tmp_path / "m")
+    assert "the output head trains" in loss_head.chunked_head_reason(model)  # full fine-tuning: TRL's head
+    model.get_output_embeddings().weight.requires_grad_(False)
+    assert "several processes" in loss_head.chunked_head_reason(model, processes=2)
+    model.config.model_type = "gemma2"  # soft-caps its logits after the head
+    assert "gemma2" in loss_head.chunked_head_reason(model)
+
+
 def test_label_columns_skip_prompt_and_padding():
     labels = torch.tensor([[-100, -100, 3, 4, -100], [-100, -100, -100, 9, -100]])
     assert loss_head.label_columns(labels).tolist() == [1, 2]  # position i predicts label i + 1

@@ -1,6 +1,7 @@
 """What the studio's SFT and DPO trainers do differently from TRL's, for speed; each measured, see README.
 
-SFT (`FastSFTMixin`): the loss head scores the label positions only (app.train.loss_head) and the
+SFT (`FastSFTMixin`): the loss head scores the label positions only (app.train.loss_head; on CPU with a
+frozen head in chunks, never holding the label tokens' logits whole) and the
 per-step extras of TRL's SFTTrainer are gone: it computes the entropy and the top-1 token accuracy of
 every position at every step, and reads them back with `.item()` (a device sync on GPU). The token
 count (tokens/s of the `log` events) is kept.
@@ -47,9 +48,12 @@ class FastSFTMixin:
             loss_head.install_log_prob_head(base)
             self._studio_loss = loss_head.fused_completion_loss
             log.info("loss: TRL's fused LM head over label positions (log-probs only)")
+        elif (why := loss_head.chunked_head_reason(base, self.accelerator.num_processes)) is None:
+            self._studio_loss = loss_head.chunked_completion_loss
+            log.info("loss: the frozen head over label positions in chunks, gradient in the forward pass")
         elif loss_head.accepts_logits_to_keep(base):
             self._studio_loss = loss_head.completion_loss
-            log.info("loss: logits at label positions only (logits_to_keep)")
+            log.info("loss: logits at label positions only (logits_to_keep; no chunked head: %s)", why)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs or self._studio_loss is None:

@@ -13,8 +13,10 @@ estimate updates instantly as the user changes settings. Assumptions, stated so 
   block, ~(10 hidden + 3 intermediate + 4 kv) values (measured with saved-tensor hooks on SmolLM2), times
   ACTIVATION_FACTOR for the gradients of those activations and allocator slack that coexist with them.
   Only layers from the first trainable one onwards keep activations (freeze tuning of the last layers
-  keeps few). The head scores label tokens only (app.train.loss_head): on CPU it keeps LABEL_HEAD_COPIES
-  fp32 vocabulary-sized tensors per label token; on GPU the fused head works in chunks (none whole);
+  keeps few). The head scores label tokens only (app.train.loss_head): on CPU a frozen head of a plain
+  projection works in chunks (CHUNK_HEAD_COPIES chunks of logits at a time, and one hidden-sized
+  gradient per label token); any other head on CPU keeps LABEL_HEAD_COPIES fp32 vocabulary-sized
+  tensors per label token; on GPU the fused head works in chunks (none whole);
   DPO's and KTO's chunked log-prob head keeps about one; a reward model's score head (one value per
   token) keeps next to nothing.
 - Stages (TRL's trainers): dpo and rm put each row's chosen and rejected answers in one batch (twice
@@ -55,6 +57,7 @@ _LAYER_INDEX = re.compile(r"\.(\d+)\.")
 
 ACTIVATION_FACTOR = 2.1  # saved activations -> peak: their gradients and allocator slack (measured, CPU)
 LABEL_HEAD_COPIES = 3.0  # fp32 vocabulary-sized tensors per label token: logits, log-softmax, gradient (CPU)
+CHUNK_HEAD_COPIES = 2.0  # the chunked CPU head: one chunk's logits and its softmax's temporaries
 FUSED_HEAD_COPIES = 0.0  # GPU: TRL's fused head works in vocabulary chunks, never whole logits
 DPO_HEAD_COPIES = 1.0  # TRL's DPO computes log-probs in chunks: logits are never whole
 BACKWARD_OVERLAP = 0.25  # share of min(activations, gradients) that coexists with the other
@@ -182,12 +185,21 @@ def has_reference_copy(job: JobConfig) -> bool:
     return job.stage == "kto" or (job.stage == "dpo" and job.pref_loss not in ("orpo", "simpo"))
 
 
-def head_bytes_per_label(info: ModelInfo, job: JobConfig, on_gpu: bool) -> float:
+def head_bytes(info: ModelInfo, job: JobConfig, on_gpu: bool, labels: int, world_size: int = 1) -> float:
+    """Peak memory of the loss head for a batch of `labels` label tokens."""
     if job.stage == "rm":
         return 0.0  # the score head: one value per token, no vocabulary-sized logits
     if job.stage in ("dpo", "kto"):
-        return info.vocab_size * 4.0 * DPO_HEAD_COPIES
-    return info.vocab_size * 4.0 * (FUSED_HEAD_COPIES if on_gpu else LABEL_HEAD_COPIES)
+        return labels * info.vocab_size * 4.0 * DPO_HEAD_COPIES
+    if on_gpu:
+        return labels * info.vocab_size * 4.0 * FUSED_HEAD_COPIES
+    from app.train import loss_head  # torch: loaded only once an estimate is asked for
+
+    if job.finetuning_type != "full" and world_size == 1 and info.model_type in loss_head.FAMILIES:
+        chunk_rows = max(1, loss_head.CHUNK_LOGIT_BYTES // (4 * info.vocab_size))
+        return (min(labels, chunk_rows) * info.vocab_size * 4.0 * CHUNK_HEAD_COPIES
+                + labels * info.hidden_size * 4.0)  # the hidden states' gradient, made in the forward pass
+    return labels * info.vocab_size * 4.0 * LABEL_HEAD_COPIES
 
 
 # A linear layer whose weight is frozen keeps no copy of its input for the backward pass; layers that
@@ -265,7 +277,7 @@ def estimate_memory(info: ModelInfo, job: JobConfig, on_gpu: bool, world_size: i
     from app.train import frozen_linears  # torch: loaded only once an estimate is asked for
 
     tokens, labels = largest_batch(job, rows, on_gpu)
-    activations = tokens * activation_bytes_per_token(info, job) + labels * head_bytes_per_label(info, job, on_gpu)
+    activations = tokens * activation_bytes_per_token(info, job) + head_bytes(info, job, on_gpu, labels, world_size)
     overlap = (1 - BACKWARD_OVERLAP) * min(activations, gradients)
     dequant = linear * 4.0 if job.quantization_bit is not None and not on_gpu else 0.0
     head = info.vocab_size * info.hidden_size  # the output head, packed for its forward (its weight kept)
