@@ -64,7 +64,11 @@ def test_activations_scale_with_tokens_precision_and_checkpointing(info):
     assert est(info, on_gpu=True).tokens_per_step == 512  # GPU: the whole batch of 2
     assert est(info, gradient_checkpointing=True).activations_mb < base.activations_mb
     assert est(info, bf16=True).activations_mb < base.activations_mb
-    assert est(info, stage="dpo").tokens_per_step == 2 * base.tokens_per_step  # chosen and rejected
+    # DPO: chosen and rejected; on CPU the pairs of a batch stay in one packed row while pairs x cutoff <= 1,024
+    assert est(info, on_gpu=True, stage="dpo").tokens_per_step == 2 * 2 * 256
+    assert est(info, stage="dpo", per_device_train_batch_size=4).tokens_per_step == 4 * 2 * 256
+    assert est(info, stage="dpo", per_device_train_batch_size=4, cutoff_len=512).tokens_per_step == 2 * 2 * 512
+    assert est(info, stage="dpo", cutoff_len=1024).tokens_per_step == 2 * 1024  # one pair a micro-batch
 
 
 def test_sharding_and_offload(info):

@@ -71,7 +71,8 @@ def completion_loss(model, inputs: dict, num_items_in_batch=None) -> tuple[torch
 
 
 CHUNK_LOGIT_BYTES = 32 << 20  # fp32 logits of one chunk: 170 label tokens of a 49k vocabulary
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "phi3")  # logits = lm_head(hidden): no softcap or scale
+# Plain decoders, each tested (tests/test_shared_prompt.py): logits = lm_head(hidden), no softcap or scale
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "phi3")
 
 
 def chunked_head_reason(base_model: torch.nn.Module, processes: int = 1) -> str | None:

@@ -163,13 +163,18 @@ def job_parallelism(job: JobConfig) -> tuple[int, int]:
     return (job.num_processes or 1) * job.num_machines, stage
 
 
-def largest_batch(job: JobConfig, rows: list[tuple[int, int]] | None, on_gpu: bool = True) -> tuple[int, int]:
+def largest_batch(job: JobConfig, rows: list[tuple[int, int]] | None, on_gpu: bool = True,
+                  model_type: str | None = None) -> tuple[int, int]:
     """(tokens, label tokens) of the largest micro-batch: from the tokenized rows' (length, labels) when
     known (the batch of the longest rows; padded batches pad to their longest), else batch x cutoff_len.
-    On CPU the worker runs one row per micro-batch (app.train.batching)."""
+    On CPU the worker runs one row per micro-batch (app.train.batching), but DPO on the decoders whose
+    prompt it computes once per pair keeps several short pairs in one (app.train.shared_prompt)."""
+    from app.train import shared_prompt
     from app.train.batching import micro_batches
 
     batch = micro_batches(job, on_gpu)[0]
+    if job.stage == "dpo" and not on_gpu and model_type in shared_prompt.FAMILIES:
+        batch = shared_prompt.pairs_per_micro_batch(job)
     if not rows:
         tokens = batch * job.cutoff_len * (2 if job.stage in PAIRED_STAGES else 1)  # chosen and rejected
         return tokens, tokens
@@ -276,7 +281,7 @@ def estimate_memory(info: ModelInfo, job: JobConfig, on_gpu: bool, world_size: i
 
     from app.train import frozen_linears  # torch: loaded only once an estimate is asked for
 
-    tokens, labels = largest_batch(job, rows, on_gpu)
+    tokens, labels = largest_batch(job, rows, on_gpu, info.model_type)
     activations = tokens * activation_bytes_per_token(info, job) + head_bytes(info, job, on_gpu, labels, world_size)
     overlap = (1 - BACKWARD_OVERLAP) * min(activations, gradients)
     dequant = linear * 4.0 if job.quantization_bit is not None and not on_gpu else 0.0

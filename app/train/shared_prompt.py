@@ -41,8 +41,9 @@ from app.train import loss_head
 log = logging.getLogger(__name__)
 
 # Decoder families whose attention takes a custom 4D mask and rotary positions from `position_ids`;
-# each is held against the two-row forward in tests/test_shared_prompt.py.
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "phi3")
+# each is held against the two-row forward in tests/test_shared_prompt.py. The same plain decoders as
+# the chunked CPU loss head's.
+FAMILIES = loss_head.FAMILIES
 ATTENTION = ("sdpa", "eager")  # FlashAttention / flex build their own masks from 2D inputs
 PER_TOKEN = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 # inputs the wrapped call may carry (None-valued ones are dropped first); anything else: original path
@@ -216,11 +217,16 @@ def micro_batch_arguments(job, model: torch.nn.Module, arguments: dict) -> dict:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under PEFT's wrapper
     if unsupported_reason(base, "cuda" if torch.cuda.is_available() else "cpu"):
         return arguments
-    pairs = job.per_device_train_batch_size
-    keep = max(k for k in range(1, pairs + 1) if pairs % k == 0 and (k == 1 or k * job.cutoff_len <= PACKED_ROW_TOKENS))
+    keep = pairs_per_micro_batch(job)
     total = arguments["per_device_train_batch_size"] * arguments["gradient_accumulation_steps"]
     return arguments | dict(per_device_train_batch_size=keep, per_device_eval_batch_size=keep,
                             gradient_accumulation_steps=total // keep)
+
+
+def pairs_per_micro_batch(job) -> int:
+    """Pairs of a batch kept in one packed row on CPU (what the memory estimate sizes too)."""
+    pairs = job.per_device_train_batch_size
+    return max(k for k in range(1, pairs + 1) if pairs % k == 0 and (k == 1 or k * job.cutoff_len <= PACKED_ROW_TOKENS))
 
 
 def install(models: list[torch.nn.Module | None], device: torch.device | str, logits_head: bool = True) -> bool:
