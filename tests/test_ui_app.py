@@ -73,6 +73,23 @@ def test_monitor_rebuilds_and_follows_a_run(studio):
     assert "failed" in ticked[7] and ticked[8]["visible"] is True  # the status and the worker log tail
 
 
+def test_a_tick_never_undoes_a_pick(studio):
+    """Two sessions: a tick that left the page before the newest pick reached the server changes nothing,
+    and new runs are appended to the picker's choices (an open dropdown's options never move)."""
+    from app.ui.tabs.train_runs import STALE_S, keep_order
+
+    ctx, _ = studio
+    monitor = ctx.shared["train_monitor"]
+    picked = monitor.show("old-run")
+    late = monitor.tick(picked[4], "other-run", picked[1])  # sent while the page still showed other-run
+    assert all(out == {"__type__": "update"} for out in late)  # gr.skip(): the pick's view and status stay
+    assert monitor.tick(picked[4], "old-run", picked[1])[4].run == "old-run"
+    picked[4].selected_at -= STALE_S  # a mismatch that lasts is the page's: followed (other-run is gone)
+    assert monitor.tick(picked[4], "other-run", picked[1])[2]["value"] == "old-run"
+    assert keep_order(["b", "a"], ["c", "a", "b"]) == ["b", "a", "c"]
+    assert keep_order(["b", "a"], ["a"]) == ["a"]
+
+
 def test_estimates_never_download_a_hub_model(studio, monkeypatch):
     from app.models import source
     from app.models.source import ModelSourceError

@@ -45,6 +45,7 @@ class LiveView:
     plotted_at: float = 0.0
     plotted_offset: int = 0
     status: str | None = None
+    selected_at: float = 0.0  # time.monotonic() when the session's selection became this run
 
     def feed(self, events: Iterable[dict[str, Any]], offset: int) -> bool:
         """Take the events read up to byte `offset`; True when anything new arrived."""

@@ -12,6 +12,17 @@ browser open, at a 1 s timer that re-sent both plots on every step). So:
 - a tick is a plain request (queue=False), not a queue round trip with status messages per output;
 - the queue is driven by the studio's scheduler thread (app.jobs.scheduler), not by ticks;
 - run summaries are incremental (app.jobs.summaries): a tick reads only the new bytes of each log.
+
+The selection is the user's, with two sessions (or one page and a colleague's runs) changing the list:
+- a tick never sets the run picker's value, and never reorders its choices: it keeps the order the page
+  shows and appends new runs. The run list's own order changes under it (newest job.yaml first, and a
+  worker rewrites its job.yaml when it starts), and the dropdown maps a click to an index: a list that
+  re-ordered while open turned a click on one run into a pick of another;
+- a tick carries the run the page showed when it was sent; one that names another run than the session's
+  view, within STALE_S of that view's selection (a pick, Start, Refresh, ...), left the page before the
+  selection reached it and changes nothing: it would put the old run's status and view back over the
+  pick. A mismatch that outlives STALE_S is the page's own choice (its `show` failed): the tick follows it;
+- a pick made while the previous pick's `show` is still running is queued, not dropped (always_last).
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from app.ui.context import StudioContext
 
 TICK_S = 2.5
 PLOT_EVERY_S = 8.0
+STALE_S = 4 * TICK_S  # longer than a tick request waits under load, short enough to heal a failed show
 RESUMABLE = ("stopped", "failed")
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 
@@ -53,26 +65,32 @@ class Monitor:
         return [self.table, self.table_sig, self.run, self.compare, self.view, self.loss, self.lr, self.status,
                 self.log, self.timer]
 
-    def _table(self, sig: str | None, lang: str, numbers_due: bool = True) -> tuple[Any, ...]:
+    @staticmethod
+    def stale(view: plots.LiveView | None, name: str | None) -> bool:
+        """Whether a tick for run `name` left the page before the session's newest selection (`view`)."""
+        return view is not None and name != view.run and time.monotonic() - view.selected_at < STALE_S
+
+    def _table(self, sig: tuple | None, lang: str, numbers_due: bool = True) -> tuple[Any, ...]:
         """(table, its signature, run picker, compare picker, whether a run is active, run names); each
-        of the first four is gr.skip() when the page already shows it."""
+        of the first four is gr.skip() when the page already shows it. The signature holds the table's
+        shape, the pickers' choices in the page's order, and the table's full text."""
         summaries = self.ctx.manager.summaries()
         names = [s.name for s in summaries]
         active = any(s.state in ACTIVE_STATES for s in summaries)
         frame = plots.runs_frame(summaries, self.translator(lang))
         shape = json.dumps([lang, [(s.name, s.state, s.error) for s in summaries]])
         full = frame.to_json()
-        old_shape, _, old_full = (sig or "").partition("\n")
+        old_shape, old_choices, old_full = sig or ("", None, "")
         skip = gr.skip()
         if shape == old_shape and (full == old_full or not numbers_due):
             return skip, skip, skip, skip, active, names
-        old_names = [row[0] for row in json.loads(old_shape)[1]] if old_shape else None
-        pickers = (skip, skip) if old_names == names else (gr.update(choices=names), gr.update(choices=names))
-        return frame, f"{shape}\n{full}", *pickers, active, names
+        choices = names if old_choices is None else keep_order(old_choices, names)
+        pickers = (skip, skip) if choices == old_choices else (gr.update(choices=choices), gr.update(choices=choices))
+        return frame, (shape, choices, full), *pickers, active, names
 
     def _read(self, view: plots.LiveView | None, name: str | None) -> tuple[plots.LiveView, bool]:
         if view is None or view.run != name:
-            view = plots.LiveView(run=name)
+            view = plots.LiveView(run=name, selected_at=time.monotonic())
         if not name:
             return view, True
         try:
@@ -111,7 +129,9 @@ class Monitor:
         return [table, new_sig, gr.update(choices=names, value=name), compare_choices, view,
                 plots.loss_frame(view), plots.lr_frame(view), status, log, gr.Timer(active=active or activate)]
 
-    def tick(self, view: plots.LiveView | None, name: str | None, sig: str | None, lang: str = "en") -> list[Any]:
+    def tick(self, view: plots.LiveView | None, name: str | None, sig: tuple | None, lang: str = "en") -> list[Any]:
+        if self.stale(view, name):
+            return [gr.skip()] * len(self.outputs)
         due = time.monotonic() - (view.plotted_at if view else 0.0) >= PLOT_EVERY_S
         table, new_sig, run_choices, compare_choices, active, names = self._table(sig, lang, numbers_due=due)
         if name not in names:
@@ -132,6 +152,13 @@ class Monitor:
         pending = view.offset != view.plotted_offset
         timer = skip if active or pending else gr.Timer(active=False)
         return [table, new_sig, run_choices, compare_choices, view, *plots_out, status_out, log_out, timer]
+
+
+def keep_order(shown: list[str], names: list[str]) -> list[str]:
+    """`names` in the order the page shows them (`shown`), new ones appended: the choices of an open
+    dropdown never move under the pointer."""
+    present, known = set(names), set(shown)
+    return [n for n in shown if n in present] + [n for n in names if n not in known]
 
 
 def build_monitor(ctx: StudioContext) -> Monitor:
@@ -168,7 +195,7 @@ def build_monitor(ctx: StudioContext) -> Monitor:
                        show_progress="hidden", queue=False, **PRIVATE)
     show = lambda name, lang_: monitor.show(name, lang=lang_)  # noqa: E731
     ctx.demo.load(show, [run, lang], monitor.outputs, **PRIVATE)
-    run.input(show, [run, lang], monitor.outputs, **PRIVATE)
+    run.input(show, [run, lang], monitor.outputs, trigger_mode="always_last", **PRIVATE)
     refresh.click(show, [run, lang], monitor.outputs, **PRIVATE)
     lang.change(show, [run, lang], monitor.outputs, **PRIVATE)
 
