@@ -331,3 +331,19 @@ def test_only_training_runs_resume(tmp_path):
     with pytest.raises(RuntimeError, match="only training runs resume"):
         manager.resume("eval-1")
     assert run.read_state()["state"] == "stopped"  # nothing was queued
+
+
+def test_a_worker_starting_its_run_keeps_the_run_list_order(tmp_path):
+    """The run list sorts newest job.yaml first; a worker re-creating its folder on start with the same job
+    must not move it (an open run picker would re-order under the user's click)."""
+    manager = JobManager(tmp_path / "runs")
+    first, second = (RunFolder(tmp_path / "runs" / name) for name in ("first", "second"))
+    for age, run in ((200, first), (100, second)):
+        job = JobConfig(output_dir=str(run.path)).with_run_folder(tmp_path / "runs")
+        run.create(job)
+        os.utime(run.job_file, (time.time() - age, time.time() - age))
+    assert [r.name for r in manager.runs()] == ["second", "first"]
+    first.create(first.job().with_run_folder(tmp_path / "runs"))  # what the worker does when it starts
+    assert [r.name for r in manager.runs()] == ["second", "first"]
+    first.create(first.job().replace(max_steps=7))  # a changed job (resume, a new submit) is written
+    assert first.job().max_steps == 7 and [r.name for r in manager.runs()] == ["first", "second"]

@@ -108,11 +108,16 @@ class RunFolder:
         return any((self.path / cls.FILE_NAME).is_file() for cls in CONFIG_KINDS)
 
     def create(self, job: Schema) -> None:
-        """Write the job's config file and command.txt (the exact line that reproduces the run)."""
+        """Write the job's config file and command.txt (the exact line that reproduces the run). A file that
+        already holds that text is left alone: the run list sorts by the config file's time, and a worker
+        re-creating its folder on start must not move its run up the list (an open run picker would
+        re-order under the user's click)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        job.save(self.path / job.FILE_NAME)
-        write_text_atomic(self.command_file, f"ftstudio {job.COMMAND} {self.path / job.FILE_NAME}\n"
-                                             f"# or, flag by flag:\n{job.command_line()}\n")
+        command = (f"ftstudio {job.COMMAND} {self.path / job.FILE_NAME}\n"
+                   f"# or, flag by flag:\n{job.command_line()}\n")
+        for path, text in ((self.path / job.FILE_NAME, job.to_yaml()), (self.command_file, command)):
+            if not path.is_file() or path.read_text(encoding="utf-8", errors="replace") != text:
+                write_text_atomic(path, text)
 
     def job(self) -> Any:
         """The run's configuration (a JobConfig for training, an EvalConfig for evaluation, ...)."""
