@@ -61,7 +61,7 @@ def test_chunked_head_gives_the_full_logit_loss_and_gradients(tmp_path, monkeypa
     assert int(counted) == n_labels(batch) == 11
     assert chunked.item() == pytest.approx(full.item(), rel=1e-6)
     chunked_grads = grads(model, chunked)
-    assert len(chunked_grads) == len(full_grads) > 10  # the decoder layers' weights (the head, tied to the embeddings, is frozen)
+    assert len(chunked_grads) == len(full_grads) > 10  # the decoder layers (the tied head is frozen)
     for a, b in zip(full_grads, chunked_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     with torch.no_grad():  # evaluation: the loss alone, divided like the model's
