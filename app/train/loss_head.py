@@ -75,6 +75,11 @@ CHUNK_LOGIT_BYTES = 32 << 20  # fp32 logits of one chunk: 170 label tokens of a 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "phi3")
 
 
+def chunk_rows(vocab_size: int) -> int:
+    """Label tokens per chunk of the chunked head: CHUNK_LOGIT_BYTES of fp32 logits (at least one)."""
+    return max(1, CHUNK_LOGIT_BYTES // (4 * vocab_size))
+
+
 def chunked_head_reason(base_model: torch.nn.Module, processes: int = 1) -> str | None:
     """None when the chunked head (`chunked_completion_loss`) computes this model's loss, else why not."""
     head = base_model.get_output_embeddings() if hasattr(base_model, "get_output_embeddings") else None
@@ -135,8 +140,7 @@ def chunked_completion_loss(model, inputs: dict, num_items_in_batch=None) -> tup
     targets = labels[:, columns + 1]
     n_labels = (targets != -100).sum()
     head = base.get_output_embeddings()
-    chunk_rows = max(1, CHUNK_LOGIT_BYTES // (4 * head.weight.shape[0]))
-    total = _ChunkedCrossEntropy.apply(hidden.flatten(0, 1), targets.flatten(), head, chunk_rows)
+    total = _ChunkedCrossEntropy.apply(hidden.flatten(0, 1), targets.flatten(), head, chunk_rows(head.weight.shape[0]))
     divisor = num_items_in_batch if num_items_in_batch is not None else n_labels.clamp(min=1)
     return total / torch.as_tensor(divisor, device=total.device), n_labels
 
