@@ -150,8 +150,12 @@ def studio_page(studio: Studio, ready: str = "#tab-model", state: str = "attache
 def set_value(page, elem_id: str, value: object) -> None:
     """Type into the input or text area of the component #elem_id and leave it (Gradio applies on blur)."""
     box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
-    box.fill(str(value))
-    box.press("Tab")
+    for _ in range(3):  # a field just shown (an accordion opening) can take its initial value again once
+        box.fill(str(value))
+        box.press("Tab")
+        page.wait_for_timeout(150)
+        if box.input_value() == str(value):
+            return
 
 
 def wait_text(page, elem_id: str, text: str, timeout: int = 60_000) -> None:
