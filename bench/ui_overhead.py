@@ -50,6 +50,13 @@ def tokens_per_s(run: Path) -> float:
     return (last["tokens"] - first["tokens"]) / (last["t"] - first["t"])
 
 
+def omp_policy(run: Path) -> str:
+    """What the worker's OpenMP probe chose (app/train/threads.py), from its log."""
+    log = run / "worker.log"
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return next((line.split(": ", 1)[-1] for line in lines if "OpenMP" in line), "?")
+
+
 def env_for(repo: Path) -> dict[str, str]:
     return os.environ | {"PYTHONPATH": str(repo), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
 
@@ -141,11 +148,13 @@ def main() -> int:
             browser = play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             for i in range(args.repeat):
                 cli.append(run_cli(repo, root, f"cli-{i}", args.steps))
-                print(f"round {i + 1}: CLI      {cli[-1]:7.1f} tokens/s", flush=True)
+                print(f"round {i + 1}: CLI      {cli[-1]:7.1f} tokens/s   ({omp_policy(root / 'runs' / f'cli-{i}')})",
+                      flush=True)
                 ui.append(run_browser(browser, studio, f"ui-{i}", args.steps, costs))
                 cost = costs[-1] if costs else {}
                 print(f"round {i + 1}: browser  {ui[-1]:7.1f} tokens/s   watching used: studio "
-                      f"{cost.get('studio', 0):.3f} cores, Chromium {cost.get('chromium', 0):.3f} cores", flush=True)
+                      f"{cost.get('studio', 0):.3f} cores, Chromium {cost.get('chromium', 0):.3f} cores   "
+                      f"({omp_policy(studio.runs / f'ui-{i}')})", flush=True)
             browser.close()
     finally:
         studio.stop()

@@ -81,3 +81,67 @@ def test_other_processes_cpu_is_a_number_of_cores():
     from app.train.threads import other_processes_cpu
 
     assert 0.0 <= other_processes_cpu(0.05) <= (os.cpu_count() or 1) + 0.5
+
+
+def test_a_busy_process_counts_but_a_burst_does_not():
+    """Sustained work of another process is a busy machine; a burst (the studio and the browser answering
+    the Start click) is not: the probe takes the least of three samples."""
+    import subprocess
+    import sys
+
+    from app.train.threads import other_processes_cpu
+
+    quiet = other_processes_cpu()
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        assert other_processes_cpu() >= 0.5  # one core spinning, in every sample
+    finally:
+        busy.kill()
+        busy.wait()
+    burst = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 0.25: pass"])
+    try:
+        reading = other_processes_cpu()  # the first sample sees a core spinning, the last one does not
+    finally:
+        burst.wait()
+    assert reading < quiet + 0.5
+
+
+def test_the_studio_reading_before_the_click_outweighs_a_burst(monkeypatch):
+    """A worker the studio started takes the least of its own samples and the studio's reading of the seconds
+    before (LOAD_ENV): a Start click's burst alone does not make it wait passively, lasting load does."""
+    import sys
+
+    from app.train import threads
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)  # as in a worker, before torch loads
+    monkeypatch.setattr(threads, "other_processes_cpu", lambda: 1.4)  # the click: studio and browser busy
+    monkeypatch.setenv(threads.LOAD_ENV, "0.12")
+    said = threads.choose_omp_wait_policy()
+    assert "spin" in said and "0.1 over the 10 s before" in said and "OMP_WAIT_POLICY" not in threads.os.environ
+    monkeypatch.setenv(threads.LOAD_ENV, "1.30")  # another job was already training
+    assert "passively" in threads.choose_omp_wait_policy()
+    assert threads.os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+
+
+def test_the_load_window_measures_the_seconds_before():
+    import subprocess
+    import sys
+    import time
+
+    from app.train.threads import LOAD_ENV, MIN_WINDOW_S, LoadWindow
+
+    window = LoadWindow()
+    window.sample()
+    assert window.cores() is None and window.env() == {}  # too short a history to say anything
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        for _ in range(4):
+            time.sleep(MIN_WINDOW_S / 3)
+            window.sample()
+        assert window.cores() >= 0.5  # one core spinning all along
+        assert float(window.env()[LOAD_ENV]) >= 0.5
+    finally:
+        busy.kill()
+        busy.wait()

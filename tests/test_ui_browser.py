@@ -137,14 +137,14 @@ def test_train_live_curve_stop_and_restart(browser, studio):
     page = open_studio(browser, studio)
     tab(page, "Train")
     page.wait_for_selector("#group-basic")
-    for name, value in (("max_steps", "40"), ("per_device_train_batch_size", "2"), ("cutoff_len", "128"),
+    for name, value in (("max_steps", "400"), ("per_device_train_batch_size", "2"), ("cutoff_len", "128"),
                         ("gradient_accumulation_steps", "1"), ("learning_rate", "0.0005")):
         set_field(page, name, value)
     page.get_by_text("Advanced", exact=True).click()
     set_field(page, "logging_steps", "1")
     set_field(page, "output_dir", "browser-run")
     page.click("#train-preview")
-    page.wait_for_function("document.querySelector('#train-command textarea').value.includes('--max_steps 40')")
+    page.wait_for_function("document.querySelector('#train-command textarea').value.includes('--max_steps 400')")
     page.click("#train-start")
     page.wait_for_function("document.querySelector('#train-runs').innerText.includes('browser-run')")
 
@@ -169,6 +169,8 @@ def test_train_live_curve_stop_and_restart(browser, studio):
     steps = {e["step"] for e in events if e["kind"] == "log" and e.get("loss") is not None and not e.get("final")}
     assert shown == len(steps) > first
     assert "stopped" in page.inner_text("#train-runs")
+    # the studio told the worker how busy the machine was before the click (app/train/threads.py)
+    assert "before the studio started this run" in (studio.runs / "browser-run" / "worker.log").read_text()
     shoot(page, "train")
     page.close()
 
@@ -211,3 +213,25 @@ def test_job_yaml_save_and_load(page, studio):
     assert page.input_value("#field-max_steps input") == "33"
     assert page.input_value("#field-stage input") == "dpo"
     page.wait_for_function("document.querySelector('#field-dataset').innerText.includes('preference_demo')")
+
+
+def test_an_idle_page_asks_for_few_animation_frames(browser, studio):
+    """Gradio's status trackers keep a 60-frames-a-second stopwatch loop running on an idle page (0.07-0.10 of a
+    core in Chromium, taken from training); the studio's page script (app/ui/idle.py) slows that loop to 4 Hz."""
+    page = browser.new_page(viewport=VIEWPORT)
+    page.add_init_script("""(() => { const raf = window.requestAnimationFrame.bind(window); window.__frames = 0;
+        window.requestAnimationFrame = (cb) => { window.__frames++; return raf(cb); }; })()""")  # runs first
+    page.goto(studio.url, timeout=120_000)
+    page.wait_for_selector("#model-load", state="visible", timeout=120_000)
+    tab(page, "Train")
+    page.wait_for_selector("#group-basic")
+    rates = []
+    for _ in range(10):  # the page's first load events animate their loaders for a while: wait for it to settle
+        before = page.evaluate("window.__frames")
+        page.wait_for_timeout(3000)
+        rates.append((page.evaluate("window.__frames") - before) / 3)
+        if rates[-1] < 15:
+            break
+    assert rates[-1] < 15, f"animation frames a second on an idle page, 3 s apart: {rates}"
+    assert page.locator("script[data-ftstudio=frames]").count() == 1
+    page.close()

@@ -28,6 +28,7 @@ from app.jobs.process import process_alive, stop_process
 from app.jobs.scheduler import Scheduler
 from app.jobs.summaries import RunSummary, SummaryCache
 from app.train.runfolder import RunFolder
+from app.train.threads import LoadWindow
 
 __all__ = ["JobManager", "RunNameError", "RunSummary", "process_alive"]
 
@@ -43,14 +44,19 @@ class JobManager:
         self._summaries = SummaryCache()
         self._stopping: set[str] = set()  # runs a Stop is settling (their end is written by the stopper)
         self.scheduler: Scheduler | None = None
+        self.load = LoadWindow()  # the machine's recent load, for the OpenMP choice of the workers it starts
 
     # -- the queue ----------------------------------------------------------------------------
     def start_scheduler(self, interval: float | None = None) -> Scheduler:
         """Drive the queue from a thread of this process (idempotent)."""
         with self._lock:
             if self.scheduler is None or not self.scheduler.running:
-                self.scheduler = Scheduler(self.refresh, interval).start()
+                self.scheduler = Scheduler(self._scheduled_pass, interval).start()
             return self.scheduler
+
+    def _scheduled_pass(self) -> None:
+        self.load.sample()  # every pass, so a worker started by a click learns how busy the machine was before it
+        self.refresh()
 
     def stop_scheduler(self) -> None:
         if self.scheduler is not None:
@@ -87,7 +93,7 @@ class JobManager:
         with open(run.log_file, "ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {run.name}\n".encode())
             log.flush()
-            env = os.environ | {"PYTHONUNBUFFERED": "1"}
+            env = os.environ | {"PYTHONUNBUFFERED": "1"} | self.load.env()
             proc = subprocess.Popen(
                 [self.python, "-m", "app.cli", *run.kind.split(), str(run.job_file)],  # kind: "data generate"
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

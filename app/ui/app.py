@@ -17,6 +17,7 @@ from app.jobs.manager import JobManager
 from app.net import is_loopback
 from app.ui.context import StudioContext, max_upload_mb
 from app.ui.i18n import LANGUAGES
+from app.ui.idle import app_kwargs, quiet_queue
 from app.ui.tabs import chat, dataset, evaluate, export, model, train
 
 TABS: tuple[tuple[str, Callable[[StudioContext], None]], ...] = (
@@ -87,8 +88,9 @@ def webui_main(host: str = "127.0.0.1", port: int = 7860, auth: str | None = Non
               file=sys.stderr)
     demo = build_app(runs_dir, dataset_dir, lang)
     demo.queue(default_concurrency_limit=4)
+    quiet_queue(demo)
     print(f"Finetune Studio on http://{host}:{port} (runs: {Path(runs_dir).resolve()})", flush=True)
     demo.launch(server_name=host, server_port=port, auth=credentials, ssr_mode=False, show_error=True,
-                css=CSS, footer_links=["settings"], quiet=True,
+                css=CSS, footer_links=["settings"], quiet=True, app_kwargs=app_kwargs(),
                 max_file_size=int(max_upload_mb() * 2**20))  # the server refuses larger uploads outright
     return 0
