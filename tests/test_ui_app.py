@@ -98,3 +98,16 @@ def test_estimates_never_download_a_hub_model(studio, monkeypatch):
     monkeypatch.setattr(source, "download_from_hub", lambda *a, **k: pytest.fail("downloaded"))
     with pytest.raises(ModelSourceError, match="Load info"):
         ctx.model_info("someorg/some-model", fetch=False)
+
+
+def test_the_train_tab_timer_has_one_handler(studio):
+    """Each event the page dispatches costs Chromium a pass over every component's loading status: the run
+    monitor's timer sends one request per tick, the stage curves riding in it (Monitor.follow)."""
+    ctx, _ = studio
+    monitor = ctx.shared["train_monitor"]
+    handlers = [d for d in ctx.demo.config["dependencies"]
+                if any(t[0] == monitor.timer._id and t[1] == "tick" for t in d["targets"])]
+    assert len(handlers) == 1
+    outputs = {ctx.demo.blocks[i].elem_id for i in handlers[0]["outputs"]}
+    assert {"train-status", "train-loss", "train-metrics", "train-lengths"} <= outputs
+    assert handlers[0]["queue"] is False

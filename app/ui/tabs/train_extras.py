@@ -71,13 +71,12 @@ def build_stage_curves(ctx: StudioContext, monitor: Any) -> None:
                 gr.update(value=length if length is not None and not length.empty else None,
                           visible=length is not None and not length.empty), new_sig)
 
-    def tick(name: str | None, sig: Any, view: Any) -> tuple[Any, Any, Any]:
+    def tick(name: str | None, view: Any, sig: Any) -> tuple[Any, Any, Any]:
         # A tick that left the page before its newest pick reached the server would draw the old run's curves.
         return (gr.skip(),) * 3 if monitor.stale(view, name) else refresh(name, sig)
 
     outputs = [metrics, lengths, signature]
-    monitor.timer.tick(tick, [monitor.run, signature, monitor.view], outputs, show_progress="hidden",
-                       queue=False, **PRIVATE)
+    monitor.follow(tick, [signature], outputs)  # inside the monitor's own tick: one request, not two
     monitor.run.change(refresh, [monitor.run, gr.State(None)], outputs, show_progress="hidden", **PRIVATE)
 
 

@@ -10,6 +10,10 @@ browser open, at a 1 s timer that re-sent both plots on every step). So:
   with the plots, at most every PLOT_EVERY_S seconds (each update makes the browser re-draw the whole
   Vega chart or table), and at once when the run ends; the run pickers only when the list of names does;
 - a tick is a plain request (queue=False), not a queue round trip with status messages per output;
+- a tick is one request for the whole tab: what else follows the timer (the stage curves) joins it
+  through `follow` instead of a handler of its own. Each event the page dispatches costs it a pass
+  over the loading status of every component that has had one (Gradio's update_loading_stati_state,
+  most of Chromium's CPU while a run trains), so two handlers on one timer cost twice that;
 - the queue is driven by the studio's scheduler thread (app.jobs.scheduler), not by ticks;
 - run summaries are incremental (app.jobs.summaries): a tick reads only the new bytes of each log.
 
@@ -29,7 +33,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
@@ -58,12 +63,34 @@ class Monitor:
     timer: Any
     table_sig: Any
     compare: Any
+    followers: list[tuple[Callable[..., tuple], list[Any], list[Any]]] = field(default_factory=list)
 
     @property
     def outputs(self) -> list[Any]:
         """What `show` fills, in order."""
         return [self.table, self.table_sig, self.run, self.compare, self.view, self.loss, self.lr, self.status,
                 self.log, self.timer]
+
+    def follow(self, fn: Callable[..., tuple], inputs: list[Any], outputs: list[Any]) -> None:
+        """Run fn(run name, view, *inputs) -> outputs on every tick, inside the monitor's own (before `wire`)."""
+        self.followers.append((fn, inputs, outputs))
+
+    def wire(self, lang: Any) -> None:
+        """Register the one tick handler: the monitor's outputs, then each follower's."""
+        extra_in = [c for _, inputs, _ in self.followers for c in inputs]
+        extra_out = [c for _, _, outputs in self.followers for c in outputs]
+
+        def tick(view: Any, name: str | None, sig: tuple | None, lang_: str, *values: Any) -> list[Any]:
+            out = self.tick(view, name, sig, lang_)
+            for fn, inputs, _ in self.followers:
+                out.extend(fn(name, view, *values[:len(inputs)]))
+                values = values[len(inputs):]
+            return out
+
+        # queue=False: one plain request per tick, not a queue round trip whose status messages the page
+        # processes for every output; the tick is quick (it reads a few bytes) and needs no queue slot.
+        self.timer.tick(tick, [self.view, self.run, self.table_sig, lang, *extra_in], [*self.outputs, *extra_out],
+                        show_progress="hidden", queue=False, **PRIVATE)
 
     @staticmethod
     def stale(view: plots.LiveView | None, name: str | None) -> bool:
@@ -189,10 +216,6 @@ def build_monitor(ctx: StudioContext) -> Monitor:
     ctx.shared["train_monitor"] = monitor
 
     lang = ctx.shared["lang"]
-    # queue=False: one plain request per tick, not a queue round trip whose status messages the page
-    # processes for every output; the tick is quick (it reads a few bytes) and needs no queue slot.
-    monitor.timer.tick(monitor.tick, [monitor.view, run, monitor.table_sig, lang], monitor.outputs,
-                       show_progress="hidden", queue=False, **PRIVATE)
     show = lambda name, lang_: monitor.show(name, lang=lang_)  # noqa: E731
     ctx.demo.load(show, [run, lang], monitor.outputs, **PRIVATE)
     run.input(show, [run, lang], monitor.outputs, trigger_mode="always_last", **PRIVATE)
