@@ -111,3 +111,29 @@ def test_the_train_tab_timer_has_one_handler(studio):
     outputs = {ctx.demo.blocks[i].elem_id for i in handlers[0]["outputs"]}
     assert {"train-status", "train-loss", "train-metrics", "train-lengths"} <= outputs
     assert handlers[0]["queue"] is False
+
+
+def test_the_stage_curves_read_the_events_file_only_when_the_view_moved(studio, monkeypatch):
+    """The stage curves ride in the monitor's tick: the monitor has just read the run's new bytes, so with
+    none since their last draw they skip without reading the whole events file again."""
+    ctx, _ = studio
+    monitor = ctx.shared["train_monitor"]
+    run = RunFolder(ctx.runs_dir / "dpo-run")
+    run.create(JobConfig(stage="dpo", dataset_dir=str(ctx.dataset_dir), output_dir=str(run.path)))
+    run.write_state(state="stopped")
+    for step in (1, 2):
+        run.events.append("log", step=step, total_steps=4, loss=0.69, rewards_accuracies=0.5, rewards_margins=0.1)
+    follow, _, _ = monitor.followers[0]
+    view = monitor.show("dpo-run")[4]
+    drawn = follow("dpo-run", view, None)
+    assert drawn[0]["visible"] is True and drawn[2][1] == view.offset  # DPO numbers: a plot, signed by offset
+    run.events.append("log", step=3, total_steps=4, loss=0.6, rewards_accuracies=1.0, rewards_margins=0.3)
+    skip, reads, read_from = {"__type__": "update"}, [], type(run.events).read_from
+    monkeypatch.setattr(type(run.events), "read_from",
+                        lambda self, offset=0: reads.append(offset) or read_from(self, offset))  # counts reads
+    assert follow("dpo-run", view, drawn[2]) == (skip, skip, drawn[2]) and reads == []  # the view has not moved
+    run.events.append("done", state="stopped", error=None)  # the monitor reads the new bytes: the run ended
+    view = monitor.tick(view, "dpo-run", None)[4]
+    redrawn = follow("dpo-run", view, drawn[2])
+    assert reads[-1] == 0  # the whole file, once the run ended
+    assert redrawn[2][1] == view.offset > drawn[2][1] and len(redrawn[0]["value"]) > len(drawn[0]["value"])

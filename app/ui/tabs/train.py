@@ -74,7 +74,7 @@ def build(ctx: StudioContext) -> None:
     monitor = build_monitor(ctx)
     build_stage_curves(ctx, monitor)  # rewards / margins / accuracy / KL / completion length, per stage
     build_continue(ctx, monitor)  # "continue this finished run for N more epochs"
-    monitor.wire(ctx.shared["lang"])  # the timer's one handler, with what follows it
+    monitor.wire()  # the timer's one handler, with what follows it
 
     names = form_fields()
     model = ctx.model_inputs()

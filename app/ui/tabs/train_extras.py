@@ -33,14 +33,15 @@ STRINGS: dict[str, dict[str, str]] = {
 }
 
 
-def _events(ctx: StudioContext, name: str | None) -> tuple[str | None, list[dict[str, Any]]]:
+def _events(ctx: StudioContext, name: str | None) -> tuple[str | None, list[dict[str, Any]], int]:
+    """(stage, every event, the byte offset read up to)."""
     if not name:
-        return None, []
+        return None, [], 0
     try:
         run = ctx.manager.run(name)
-        return run.job().stage, run.events.read_all()
+        return run.job().stage, *run.events.read_from(0)
     except Exception:  # noqa: BLE001 - a run folder being written or removed: show nothing this tick
-        return None, []
+        return None, [], 0
 
 
 def build_stage_curves(ctx: StudioContext, monitor: Any) -> None:
@@ -54,17 +55,17 @@ def build_stage_curves(ctx: StudioContext, monitor: Any) -> None:
     signature = gr.State(None)
 
     def refresh(name: str | None, sig: Any) -> tuple[Any, Any, Any]:
-        stage, events = _events(ctx, name)
+        stage, events, offset = _events(ctx, name)
         frame = stage_plots.metrics_frame(stage, events)
         length = stage_plots.length_frame(events) if stage == "grpo" else None
         empty = frame.empty and (length is None or length.empty)
         ended = bool(events) and events[-1].get("kind") == "done"
         # Like the loss curve (app.ui.tabs.train_runs): re-draw at most every PLOT_EVERY_S, at once when
         # the run ends, and never to replace an empty hidden plot with another one.
-        if sig and sig[0] == name and (sig[1] == len(events) or (sig[3] and empty) or
+        if sig and sig[0] == name and (sig[1] == offset or (sig[3] and empty) or
                                         (time.monotonic() - sig[2] < PLOT_EVERY_S and not ended)):
             return gr.skip(), gr.skip(), sig
-        new_sig = (name, len(events), time.monotonic(), empty)
+        new_sig = (name, offset, time.monotonic(), empty)
         series = list(dict.fromkeys(frame["series"]))
         return (gr.update(value=frame if not frame.empty else None, visible=not frame.empty,
                           color_map=color_map(series)),
@@ -73,7 +74,14 @@ def build_stage_curves(ctx: StudioContext, monitor: Any) -> None:
 
     def tick(name: str | None, view: Any, sig: Any) -> tuple[Any, Any, Any]:
         # A tick that left the page before its newest pick reached the server would draw the old run's curves.
-        return (gr.skip(),) * 3 if monitor.stale(view, name) else refresh(name, sig)
+        if monitor.stale(view, name):
+            return (gr.skip(),) * 3
+        # The monitor has just read the run's new bytes into `view`: with none since the last draw, or a draw
+        # less than PLOT_EVERY_S ago and the run still going, the events file is not read again.
+        if sig and view is not None and sig[0] == name == view.run and (
+                sig[1] == view.offset or (time.monotonic() - sig[2] < PLOT_EVERY_S and view.done is None)):
+            return gr.skip(), gr.skip(), sig
+        return refresh(name, sig)
 
     outputs = [metrics, lengths, signature]
     monitor.follow(tick, [signature], outputs)  # inside the monitor's own tick: one request, not two

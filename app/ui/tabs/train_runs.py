@@ -75,7 +75,7 @@ class Monitor:
         """Run fn(run name, view, *inputs) -> outputs on every tick, inside the monitor's own (before `wire`)."""
         self.followers.append((fn, inputs, outputs))
 
-    def wire(self, lang: Any) -> None:
+    def wire(self) -> None:
         """Register the one tick handler: the monitor's outputs, then each follower's."""
         extra_in = [c for _, inputs, _ in self.followers for c in inputs]
         extra_out = [c for _, _, outputs in self.followers for c in outputs]
@@ -89,6 +89,7 @@ class Monitor:
 
         # queue=False: one plain request per tick, not a queue round trip whose status messages the page
         # processes for every output; the tick is quick (it reads a few bytes) and needs no queue slot.
+        lang = self.ctx.shared["lang"]
         self.timer.tick(tick, [self.view, self.run, self.table_sig, lang, *extra_in], [*self.outputs, *extra_out],
                         show_progress="hidden", queue=False, **PRIVATE)
 
