@@ -137,3 +137,28 @@ def test_the_stage_curves_read_the_events_file_only_when_the_view_moved(studio, 
     redrawn = follow("dpo-run", view, drawn[2])
     assert reads[-1] == 0  # the whole file, once the run ended
     assert redrawn[2][1] == view.offset > drawn[2][1] and len(redrawn[0]["value"]) > len(drawn[0]["value"])
+
+
+def test_the_stage_curves_of_an_sft_run_read_nothing_after_the_first_tick(studio, monkeypatch):
+    """SFT has no curves beyond the loss: once a tick has seen the stage, later ticks read neither the job
+    nor the events file (each tick used to load job.yaml and the whole events file of a training run)."""
+    ctx, _ = studio
+    monitor = ctx.shared["train_monitor"]
+    run = RunFolder(ctx.runs_dir / "sft-run")
+    run.create(JobConfig(stage="sft", dataset_dir=str(ctx.dataset_dir), output_dir=str(run.path)))
+    run.write_state(state="running")
+    run.events.append("log", step=1, total_steps=9, loss=2.0)
+    follow, _, _ = monitor.followers[0]
+    view = monitor.show("sft-run")[4]
+    first = follow("sft-run", view, None)
+    assert first[0]["visible"] is False and first[2][4] == "sft"
+    reads, read_from, job = [], type(run.events).read_from, RunFolder.job
+    monkeypatch.setattr(type(run.events), "read_from",
+                        lambda self, offset=0: reads.append(offset) or read_from(self, offset))
+    monkeypatch.setattr(RunFolder, "job", lambda self: reads.append("job") or job(self))
+    sig = first[2]
+    for step in range(2, 6):
+        run.events.append("log", step=step, total_steps=9, loss=2.0 / step)
+        view = monitor.tick(view, "sft-run", None)[4]  # the monitor itself reads the new bytes
+        reads.clear()
+        assert follow("sft-run", view, sig)[2] == sig and reads == []

@@ -14,6 +14,7 @@ the YAML written from it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shlex
 import types
 from dataclasses import field
@@ -40,6 +41,13 @@ def param(default: Any, help: str, group: str, choices: tuple | None = None, min
     return field(default=default, metadata=meta)
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """A config class's field types, resolved once: `get_type_hints` evaluates every annotation of the class
+    on each call, and loading a full job.yaml asked it twice per key (0.13 s per load on 2 cores)."""
+    return get_type_hints(cls)
+
+
 class Schema:
     """Base of JobConfig and EvalConfig (subclasses are dataclasses whose fields use `param`)."""
 
@@ -58,7 +66,7 @@ class Schema:
     @classmethod
     def field_type(cls, name: str) -> type:
         """The base type of a field (str, int, float, bool), Optional unwrapped."""
-        hint = get_type_hints(cls)[name]
+        hint = _hints(cls)[name]
         if get_origin(hint) in (Union, types.UnionType):
             args = [a for a in get_args(hint) if a is not type(None)]
             return args[0] if len(args) == 1 else object
@@ -66,7 +74,7 @@ class Schema:
 
     @classmethod
     def optional(cls, name: str) -> bool:
-        return type(None) in get_args(get_type_hints(cls)[name])
+        return type(None) in get_args(_hints(cls)[name])
 
     @classmethod
     def normalise(cls, data: dict[str, Any]) -> dict[str, Any]:

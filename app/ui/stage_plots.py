@@ -26,6 +26,11 @@ SERIES: dict[str, tuple[str, ...]] = {
 LENGTH = "completions_mean_length"
 
 
+def has_curves(stage: str | None) -> bool:
+    """Whether a stage reports numbers of its own beyond the loss (SFT and pre-training do not)."""
+    return (stage or "") in SERIES
+
+
 def series_for(stage: str | None, events: list[dict[str, Any]]) -> list[str]:
     """The metric series of a run, in a fixed order (GRPO adds each reward function's mean)."""
     wanted = list(SERIES.get(stage or "", ()))

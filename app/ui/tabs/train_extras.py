@@ -34,12 +34,13 @@ STRINGS: dict[str, dict[str, str]] = {
 
 
 def _events(ctx: StudioContext, name: str | None) -> tuple[str | None, list[dict[str, Any]], int]:
-    """(stage, every event, the byte offset read up to)."""
+    """(stage, every event, the byte offset read up to); no events for a stage without curves of its own."""
     if not name:
         return None, [], 0
     try:
         run = ctx.manager.run(name)
-        return run.job().stage, *run.events.read_from(0)
+        stage = run.job().stage
+        return (stage, *run.events.read_from(0)) if stage_plots.has_curves(stage) else (stage, [], 0)
     except Exception:  # noqa: BLE001 - a run folder being written or removed: show nothing this tick
         return None, [], 0
 
@@ -60,12 +61,15 @@ def build_stage_curves(ctx: StudioContext, monitor: Any) -> None:
         length = stage_plots.length_frame(events) if stage == "grpo" else None
         empty = frame.empty and (length is None or length.empty)
         ended = bool(events) and events[-1].get("kind") == "done"
+        # The signature: (run, byte offset drawn, when drawn, nothing to show, stage).
         # Like the loss curve (app.ui.tabs.train_runs): re-draw at most every PLOT_EVERY_S, at once when
         # the run ends, and never to replace an empty hidden plot with another one.
-        if sig and sig[0] == name and (sig[1] == offset or (sig[3] and empty) or
-                                        (time.monotonic() - sig[2] < PLOT_EVERY_S and not ended)):
-            return gr.skip(), gr.skip(), sig
-        new_sig = (name, offset, time.monotonic(), empty)
+        if sig and sig[0] == name:
+            if sig[3] and empty:
+                return gr.skip(), gr.skip(), (name, offset, time.monotonic(), True, stage)
+            if sig[1] == offset or (time.monotonic() - sig[2] < PLOT_EVERY_S and not ended):
+                return gr.skip(), gr.skip(), sig
+        new_sig = (name, offset, time.monotonic(), empty, stage)
         series = list(dict.fromkeys(frame["series"]))
         return (gr.update(value=frame if not frame.empty else None, visible=not frame.empty,
                           color_map=color_map(series)),
@@ -76,10 +80,12 @@ def build_stage_curves(ctx: StudioContext, monitor: Any) -> None:
         # A tick that left the page before its newest pick reached the server would draw the old run's curves.
         if monitor.stale(view, name):
             return (gr.skip(),) * 3
+        # A run's stage never changes: SFT and pre-training have no curves here, and nothing is read.
         # The monitor has just read the run's new bytes into `view`: with none since the last draw, or a draw
         # less than PLOT_EVERY_S ago and the run still going, the events file is not read again.
-        if sig and view is not None and sig[0] == name == view.run and (
-                sig[1] == view.offset or (time.monotonic() - sig[2] < PLOT_EVERY_S and view.done is None)):
+        if sig and sig[0] == name and ((sig[4] is not None and not stage_plots.has_curves(sig[4])) or (
+                view is not None and view.run == name and (
+                    sig[1] == view.offset or (time.monotonic() - sig[2] < PLOT_EVERY_S and view.done is None)))):
             return gr.skip(), gr.skip(), sig
         return refresh(name, sig)
 
