@@ -7,7 +7,7 @@ and follow its timer.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import gradio as gr
 
@@ -45,6 +45,15 @@ def _events(ctx: StudioContext, name: str | None) -> tuple[str | None, list[dict
         return None, [], 0
 
 
+class Drawn(NamedTuple):
+    """What the stage curves last drew: a tick compares it with the monitor's view before reading anything."""
+    run: str | None
+    offset: int  # bytes of events.jsonl drawn
+    at: float  # time.monotonic() of the draw
+    empty: bool  # nothing to show
+    stage: str | None  # a run's stage never changes
+
+
 def build_stage_curves(ctx: StudioContext, monitor: Any) -> None:
     """Two plots under the loss curve, filled for stages that report more than a loss."""
     ctx.add_strings(STRINGS)
@@ -61,15 +70,14 @@ def build_stage_curves(ctx: StudioContext, monitor: Any) -> None:
         length = stage_plots.length_frame(events) if stage == "grpo" else None
         empty = frame.empty and (length is None or length.empty)
         ended = bool(events) and events[-1].get("kind") == "done"
-        # The signature: (run, byte offset drawn, when drawn, nothing to show, stage).
         # Like the loss curve (app.ui.tabs.train_runs): re-draw at most every PLOT_EVERY_S, at once when
         # the run ends, and never to replace an empty hidden plot with another one.
-        if sig and sig[0] == name:
-            if sig[3] and empty:
-                return gr.skip(), gr.skip(), (name, offset, time.monotonic(), True, stage)
-            if sig[1] == offset or (time.monotonic() - sig[2] < PLOT_EVERY_S and not ended):
+        if sig and sig.run == name:
+            if sig.empty and empty:
+                return gr.skip(), gr.skip(), Drawn(name, offset, time.monotonic(), True, stage)
+            if sig.offset == offset or (time.monotonic() - sig.at < PLOT_EVERY_S and not ended):
                 return gr.skip(), gr.skip(), sig
-        new_sig = (name, offset, time.monotonic(), empty, stage)
+        new_sig = Drawn(name, offset, time.monotonic(), empty, stage)
         series = list(dict.fromkeys(frame["series"]))
         return (gr.update(value=frame if not frame.empty else None, visible=not frame.empty,
                           color_map=color_map(series)),
@@ -83,10 +91,12 @@ def build_stage_curves(ctx: StudioContext, monitor: Any) -> None:
         # A run's stage never changes: SFT and pre-training have no curves here, and nothing is read.
         # The monitor has just read the run's new bytes into `view`: with none since the last draw, or a draw
         # less than PLOT_EVERY_S ago and the run still going, the events file is not read again.
-        if sig and sig[0] == name and ((sig[4] is not None and not stage_plots.has_curves(sig[4])) or (
-                view is not None and view.run == name and (
-                    sig[1] == view.offset or (time.monotonic() - sig[2] < PLOT_EVERY_S and view.done is None)))):
-            return gr.skip(), gr.skip(), sig
+        if sig and sig.run == name:
+            no_curves = sig.stage is not None and not stage_plots.has_curves(sig.stage)
+            unmoved = view is not None and view.run == name and (
+                sig.offset == view.offset or (time.monotonic() - sig.at < PLOT_EVERY_S and view.done is None))
+            if no_curves or unmoved:
+                return gr.skip(), gr.skip(), sig
         return refresh(name, sig)
 
     outputs = [metrics, lengths, signature]
