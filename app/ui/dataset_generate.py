@@ -251,4 +251,4 @@ def build(ctx: StudioContext) -> None:
         line, table, active = status_view(ctx, lang_, name)
         return [name, line, table, gr.Timer(active=active)]
 
-    ctx.demo.load(on_load, lang, [current, status, rows, timer], **PRIVATE)
+    ctx.shared["tabs"]["dataset"].select(on_load, lang, [current, status, rows, timer], **PRIVATE)

@@ -128,7 +128,7 @@ def build(ctx: StudioContext) -> None:
         names = dataset_names(ctx)
         return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
 
-    ctx.demo.load(refresh, name, name, **PRIVATE)
+    ctx.shared["tabs"]["dataset"].select(refresh, name, name, **PRIVATE)
     name.focus(refresh, name, name, **PRIVATE)
 
     def run(dataset: str | None, lang_: str, source: str, path: str, template: str | None,

@@ -179,7 +179,7 @@ def build(ctx: StudioContext) -> None:
         return update_a, update_b, base_line(ctx, lang_, model_name(src, where))
 
     refresh_inputs = [lang, model_a, model_b, *ctx.model_inputs()]
-    for event in (refresh.click, ctx.shared["tabs"]["chat"].select, ctx.demo.load):
+    for event in (refresh.click, ctx.shared["tabs"]["chat"].select):
         event(on_refresh, refresh_inputs, [model_a, model_b, base_md], show_progress="hidden", **PRIVATE)
     for box in ctx.model_inputs():
         box.change(lambda lang_, src, where: base_line(ctx, lang_, model_name(src, where)),

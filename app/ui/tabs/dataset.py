@@ -108,7 +108,7 @@ def build(ctx: StudioContext) -> None:
             return None, 0, str(exc)
         return frame, shown, f"{shown + 1} / {pages}" if pages else ""
 
-    for event in (refresh.click, ctx.demo.load, lang.change):
+    for event in (refresh.click, ctx.shared["tabs"]["dataset"].select, lang.change):
         event(show_catalogue, [which, lang], [table, which], api_visibility="private")
     which.change(lambda d: show_page(d, 0), which, [preview, page, page_label], api_visibility="private")
     prev.click(lambda d, p: show_page(d, p - 1), [which, page], [preview, page, page_label], api_visibility="private")

@@ -206,7 +206,7 @@ def build(ctx: StudioContext) -> None:
                 gr.update(choices=evals, value=b if b in evals else (evals[1] if len(evals) > 1 else None))]
 
     choice_outputs = [run, chosen, judge_a, judge_b]
-    for event in (refresh.click, tab.select, ctx.demo.load):
+    for event in (refresh.click, tab.select):
         event(on_refresh, [run, chosen, judge_a, judge_b], choice_outputs, show_progress="hidden", **PRIVATE)
 
     def on_source(src: str) -> list[Any]:

@@ -119,7 +119,7 @@ def build(ctx: StudioContext) -> None:
             return gr.update(choices=found)
         return gr.update(choices=found, value=found[0] if found else None)
 
-    for event in (refresh.click, ctx.shared["tabs"]["export"].select, ctx.demo.load):
+    for event in (refresh.click, ctx.shared["tabs"]["export"].select):
         event(on_refresh, run, run, show_progress="hidden", **PRIVATE)
 
     def on_target(run_: str | None, folder_: str, fmt_: str, quant_: str) -> tuple[Any, Any, Any]:
@@ -203,7 +203,7 @@ def build_api(ctx: StudioContext, lang: Any) -> None:
         return picked, base_text(lang_, src, where), *show()
 
     load_outputs = [adapters, base, status, log, timer]
-    for event in (ctx.shared["tabs"]["export"].select, ctx.demo.load):
+    for event in (ctx.shared["tabs"]["export"].select,):
         event(on_load, [adapters, lang, *ctx.model_inputs()], load_outputs, show_progress="hidden", **PRIVATE)
     timer.tick(show, None, [status, log, timer], show_progress="hidden", **PRIVATE)
 

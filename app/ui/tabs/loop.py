@@ -171,7 +171,7 @@ def build(ctx: StudioContext) -> None:
         return (*updates, *show(lang_))
 
     outputs = [status_md, table, version, timer]
-    for event in (ctx.shared["tabs"]["export"].select, ctx.demo.load):
+    for event in (ctx.shared["tabs"]["export"].select,):
         event(on_load, lang, [*controls, *outputs], show_progress="hidden", **PRIVATE)
     refresh.click(show, lang, outputs, show_progress="hidden", **PRIVATE)
 
