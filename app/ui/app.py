@@ -67,7 +67,7 @@ def build_app(runs_dir: str | Path = "runs", dataset_dir: str | Path = ".", lang
                     ctx.shared["tabs"][name] = tab
                     build(ctx)
         ctx.finish()
-        language.change(ctx.relabel, language, [entry.component for entry in ctx.registry],
+        language.change(None, language, [entry.component for entry in ctx.registry], js=ctx.relabel_js(),
                         show_progress="hidden", api_visibility="private")
     demo.studio = ctx  # type: ignore[attr-defined] - for tests and embedders
     return demo

@@ -20,6 +20,7 @@ browser refresh or a UI restart shows everything as it is.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import threading
 import time
@@ -34,7 +35,7 @@ from app.jobs.manager import JobManager
 from app.models.hardware import Hardware, probe_hardware
 from app.models.info import ModelInfo, describe_model
 from app.models.source import ModelSourceError, looks_like_hub_id, resolve_model_path
-from app.ui.i18n import Translator
+from app.ui.i18n import LANGUAGES, Translator
 
 # Components whose visible text is their value, and those that take a label but no help line.
 _VALUE_TEXT = (gr.Button, gr.Markdown)
@@ -127,6 +128,25 @@ class StudioContext:
                 kwargs["choices"] = [(self.t(k, lang), v) for k, v in entry.choice_keys]
             updates.append(gr.update(**kwargs))
         return updates
+
+    def relabel_js(self) -> str:
+        """The language switch as a function that runs in the page: (lang) -> `relabel(lang)` for every
+        language, as Gradio would send it. A backend event would leave each of the ~300 components it
+        relabels in the page's loading-status table, which every later event walks (app.ui.idle): after
+        one switch a Train-tab tick cost the page 3x as much. Each update goes through the step Gradio
+        applies to a backend's (a component rebuilt with it, `postprocess_update_dict`)."""
+        from gradio.blocks import postprocess_update_dict
+
+        table: dict[str, list[dict[str, Any]]] = {}
+        for lang in LANGUAGES:
+            rows = table[lang] = []
+            for entry, update in zip(self.registry, self.relabel(lang)):
+                block = entry.component
+                kwargs = block.constructor_args | {k: v for k, v in update.items() if k not in ("value", "__type__")}
+                rebuilt = type(block)(**kwargs | {"render": False})
+                rows.append(postprocess_update_dict(rebuilt, dict(update), postprocess=True))
+        literal = json.dumps(table, ensure_ascii=False).replace("</", "<\\/")
+        return f"(lang) => {{ const table = {literal}; return table[lang] || table[{json.dumps(self.lang)}]; }}"
 
     def after_build(self, fn: Callable[[], None]) -> None:
         """Run `fn` once every tab is built (to wire events to components of later tabs)."""

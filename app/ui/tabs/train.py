@@ -22,6 +22,7 @@ from app.ui.context import StudioContext, model_name
 from app.ui.datasets import datasets_for_stage
 from app.ui.forms import SPECIAL_FIELDS, estimate_job, form_fields, form_to_job, group_fields, job_to_controls
 from app.ui.i18n_train import translate_problem
+from app.ui.idle import Pack
 from app.ui.tabs.train_extras import build_continue, build_stage_curves
 from app.ui.tabs.train_runs import PRIVATE, build_monitor
 
@@ -108,10 +109,10 @@ def build(ctx: StudioContext) -> None:
         note += " " + ctx.t("msg.estimate_rows" if rows else "msg.estimate_cutoff", lang_)
         return plots.memory_frame(estimate, lambda key, **v: ctx.t(key, lang_, **v)), note
 
+    form = Pack([*model, *fields])  # one page-side value for the whole form (app.ui.idle: a light page)
     triggers = [c.change for c in fields] + [model[0].change, model[1].submit, model[1].blur, lang.change]
-    gr.on(triggers, on_estimate, [lang, *model, *fields], [memory, memory_note], show_progress="hidden",
-          trigger_mode="always_last", **PRIVATE)
-    ctx.demo.load(on_estimate, [lang, *model, *fields], [memory, memory_note], show_progress="hidden", **PRIVATE)
+    form.on([*triggers, ctx.demo.load], on_estimate, [lang], [memory, memory_note], show_progress="hidden",
+            trigger_mode="always_last", **PRIVATE)
 
     def refresh_datasets(chosen_stage: str, chosen: list[str] | None) -> Any:
         fit = datasets_for_stage(ctx.dataset_dir, chosen_stage)
@@ -135,7 +136,7 @@ def build(ctx: StudioContext) -> None:
             return "", "", problems
         return job.command_line(), job.to_yaml(), ""
 
-    preview.click(on_preview, [lang, *model, *fields], [command, job_yaml, output], **PRIVATE)
+    form.on([preview.click], on_preview, [lang], [command, job_yaml, output], **PRIVATE)
 
     def on_save(lang_: str, *args: Any) -> tuple[Any, str]:
         job, problems = build_job(args, lang_)
@@ -146,7 +147,7 @@ def build(ctx: StudioContext) -> None:
         job.save(path)
         return gr.update(value=str(path), visible=True), ""
 
-    save.click(on_save, [lang, *model, *fields], [saved, output], **PRIVATE)
+    form.on([save.click], on_save, [lang], [saved, output], **PRIVATE)
 
     def on_load(file: str | None, lang_: str) -> list[Any]:
         keep = [gr.skip()] * (2 + len(fields))
@@ -189,4 +190,4 @@ def build(ctx: StudioContext) -> None:
         job = run.job()
         return [message, job.command_line(), job.to_yaml(), *monitor.show(run.name, activate=True, lang=lang_)]
 
-    start.click(on_start, [lang, *model, *fields], [output, command, job_yaml, *monitor.outputs], **PRIVATE)
+    form.on([start.click], on_start, [lang], [output, command, job_yaml, *monitor.outputs], **PRIVATE)

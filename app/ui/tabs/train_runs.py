@@ -43,7 +43,7 @@ from app.train.runfolder import ACTIVE_STATES
 from app.ui import plots
 from app.ui.context import StudioContext
 
-TICK_S = 2.5
+TICK_S = 5.0
 PLOT_EVERY_S = 8.0
 STALE_S = 4 * TICK_S  # longer than a tick request waits under load, short enough to heal a failed show
 RESUMABLE = ("stopped", "failed")
