@@ -50,6 +50,45 @@ def test_language_switch_relabels_everything(studio):
     assert en["field.learning_rate"]["info"] == JobConfig.spec()["learning_rate"].metadata["help"]
 
 
+def test_the_language_switch_runs_in_the_page_with_what_relabel_says(studio):
+    """The switch is a page-side function (no backend event whose ~300 outputs would stay in the page's
+    loading-status table): its table holds, per language, Gradio's form of every `relabel` update."""
+    import json
+
+    ctx, _ = studio
+    config = ctx.demo.get_config_file()
+    lang_id = ctx.shared["lang"]._id
+    switch = [d for d in config["dependencies"] if [lang_id, "change"] in [list(t) for t in d["targets"]]
+              and "const table" in (d["js"] or "")]
+    assert len(switch) == 1 and switch[0]["backend_fn"] is False
+    assert len(switch[0]["outputs"]) == len(ctx.registry)
+    js = switch[0]["js"]
+    table = json.loads(js[js.index("const table = ") + len("const table = "):js.index("; return")])
+    for lang in ("en", "zh"):
+        updates = ctx.relabel(lang)
+        assert len(table[lang]) == len(updates)
+        for sent, update in zip(table[lang], updates):
+            assert sent["__type__"] == "update"
+            for key in ("label", "value", "info"):
+                if key in update:
+                    assert sent[key] == update[key], (lang, key, update)
+    by_key = {entry.key: sent for entry, sent in zip(ctx.registry, table["zh"])}
+    assert by_key["train.start"]["value"] == "开始训练"
+
+
+def test_no_backend_event_reads_the_whole_form(studio):
+    """Every input of a queued event stays in the page's loading-status table, walked on every tick:
+    the Train form (~80 fields) reaches its events as one packed value (app.ui.idle.Pack)."""
+    ctx, _ = studio
+    config = ctx.demo.get_config_file()
+    field_ids = {c._id for c in ctx.fields.values()}
+    heavy = [(d["id"], len(d["inputs"])) for d in config["dependencies"]
+             if d["backend_fn"] and len(set(d["inputs"]) & field_ids) > 8]
+    assert not heavy, heavy
+    packers = [d for d in config["dependencies"] if not d["backend_fn"] and len(set(d["inputs"]) & field_ids) > 8]
+    assert packers and all(len(d["outputs"]) == 1 for d in packers)
+
+
 def test_monitor_rebuilds_and_follows_a_run(studio):
     ctx, run = studio
     monitor = ctx.shared["train_monitor"]

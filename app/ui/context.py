@@ -12,6 +12,7 @@ Shared components (`ctx.shared`), set as the tabs are built in this order:
     "model_source",   the Model tab's radio (embedded | folder | hub) and path textbox;
     "model_path"      `ctx.model_inputs()` lists both, `model_name(source, path)` turns them into a name
     "train_monitor"   the Train tab's run monitor (app.ui.tabs.train_runs.Monitor)
+    "form"            the model inputs and every field, packed into one value for events (app.ui.idle.Pack)
 
 Nothing here holds run state: runs come from `ctx.manager` (rebuilt from the run folders), so a
 browser refresh or a UI restart shows everything as it is.

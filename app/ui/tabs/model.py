@@ -110,9 +110,9 @@ def build(ctx: StudioContext) -> None:
         return info_markdown(info, trainable, method, tr(lang)), info.chat_template or ctx.t("info.no_template", lang)
 
     def wire() -> None:  # the LoRA controls live in the Train tab, built after this one
-        fields = [ctx.fields[n] for n in form_fields()]
-        gr.on([load.click, path.submit], load_info, [ctx.shared["lang"], source, path, *fields], [info, template],
-              api_visibility="private")
+        form = ctx.shared["form"]  # (source, path, *every field), packed in the page (app.ui.idle.Pack)
+        assert form.inputs == [source, path, *(ctx.fields[n] for n in form_fields())]
+        form.on([load.click, path.submit], load_info, [ctx.shared["lang"]], [info, template], api_visibility="private")
         # The hardware table refreshes only while it is on screen: a hidden tab's timer would still cost
         # the browser and the studio a round trip every few seconds, next to a training run.
         for name, tab in ctx.shared.get("tabs", {}).items():

@@ -109,7 +109,7 @@ def build(ctx: StudioContext) -> None:
         note += " " + ctx.t("msg.estimate_rows" if rows else "msg.estimate_cutoff", lang_)
         return plots.memory_frame(estimate, lambda key, **v: ctx.t(key, lang_, **v)), note
 
-    form = Pack([*model, *fields])  # one page-side value for the whole form (app.ui.idle: a light page)
+    form = ctx.shared["form"] = Pack([*model, *fields])  # the whole form as one page-side value (app.ui.idle)
     triggers = [c.change for c in fields] + [model[0].change, model[1].submit, model[1].blur, lang.change]
     form.on([*triggers, ctx.demo.load], on_estimate, [lang], [memory, memory_note], show_progress="hidden",
             trigger_mode="always_last", **PRIVATE)
