@@ -31,6 +31,12 @@ def studio(tmp_path_factory):
     return demo.studio, run
 
 
+def follower(monitor, elem_id):
+    """The function that follows the monitor's tick and fills the component `elem_id`."""
+    return next(fn for fn, _, outputs in monitor.followers if any(getattr(o, "elem_id", None) == elem_id
+                                                                   for o in outputs))
+
+
 def test_every_field_has_a_control(studio):
     ctx, _ = studio
     assert set(ctx.fields) == set(JobConfig.spec()) - set(SPECIAL_FIELDS)
@@ -162,7 +168,7 @@ def test_the_stage_curves_read_the_events_file_only_when_the_view_moved(studio, 
     run.write_state(state="stopped")
     for step in (1, 2):
         run.events.append("log", step=step, total_steps=4, loss=0.69, rewards_accuracies=0.5, rewards_margins=0.1)
-    follow, _, _ = monitor.followers[0]
+    follow = follower(monitor, "train-metrics")
     view = monitor.show("dpo-run")[4]
     drawn = follow("dpo-run", view, None)
     assert drawn[0]["visible"] is True and drawn[2][1] == view.offset  # DPO numbers: a plot, signed by offset
@@ -187,7 +193,7 @@ def test_the_stage_curves_of_an_sft_run_read_nothing_after_the_first_tick(studio
     run.create(JobConfig(stage="sft", dataset_dir=str(ctx.dataset_dir), output_dir=str(run.path)))
     run.write_state(state="running")
     run.events.append("log", step=1, total_steps=9, loss=2.0)
-    follow, _, _ = monitor.followers[0]
+    follow = follower(monitor, "train-metrics")
     view = monitor.show("sft-run")[4]
     first = follow("sft-run", view, None)
     assert first[0]["visible"] is False and first[2][4] == "sft"
@@ -201,3 +207,18 @@ def test_the_stage_curves_of_an_sft_run_read_nothing_after_the_first_tick(studio
         view = monitor.tick(view, "sft-run", None)[4]  # the monitor itself reads the new bytes
         reads.clear()
         assert follow("sft-run", view, sig)[2] == sig and reads == []
+
+
+def test_the_stopping_line_goes_once_the_run_has_ended(studio):
+    from app.ui import plots
+
+    ctx, _ = studio
+    monitor = ctx.shared["train_monitor"]
+    settle = follower(monitor, "train-monitor-message")
+    said = ctx.t("msg.stopping", "zh", name="old-run")
+    ended = plots.LiveView(run="old-run", done={"state": "stopped"})
+    assert settle("old-run", ended, said, "zh") == ("",)
+    still_running = plots.LiveView(run="old-run")
+    assert settle("old-run", still_running, said, "zh")[0] != ""  # not yet: left as it is
+    assert settle("old-run", ended, ctx.t("msg.resumed", "zh", name="old-run"), "zh")[0] != ""  # other lines stay
+    assert settle("other-run", ended, said, "zh")[0] != ""  # the page moved to another run: not this tick's to say

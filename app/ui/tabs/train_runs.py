@@ -248,6 +248,13 @@ def build_monitor(ctx: StudioContext) -> Monitor:
         return [ctx.t("msg.resumed", lang, name=name), *monitor.show(name, activate=True, lang=lang)]
     stop.click(on_stop, [run, lang], message, **PRIVATE).then(
         lambda: gr.Timer(active=True), None, monitor.timer, **PRIVATE)
+
+    def settle(name: str | None, view: plots.LiveView | None, said: str, lang_: str) -> tuple[Any]:
+        """Stop's "stopping ..." line goes once the run it names has ended (the status line says how)."""
+        ended = view is not None and view.run == name and view.done is not None
+        return ("" if ended and name and said == ctx.t("msg.stopping", lang_, name=name) else gr.skip(),)
+
+    monitor.follow(settle, [message, lang], [message])
     resume.click(on_resume, [run, lang], [message, *monitor.outputs], **PRIVATE)
 
     def compare_frame(names: list[str] | None) -> Any:
