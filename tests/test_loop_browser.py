@@ -65,7 +65,7 @@ def test_thumbs_and_a_correction_become_feedback_rows(page, studio):
     thumb(page, "Dislike", 1)
     wait_text(page, "chat-fb-status", "1 down")
     page.wait_for_function("t => document.querySelector('#chat-fb-correction textarea').value === t", arg=disliked)
-    page.fill("#chat-fb-correction textarea", LUMI)
+    set_value(page, "chat-fb-correction", LUMI)  # typed and left, as a person does before Save
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "chat-feedback.png"), full_page=True)
     page.click("#chat-fb-save")
