@@ -22,12 +22,13 @@ and for progress to send every 10 ms: 0.03-0.05 of a core for a studio with noth
 `quiet_queue` makes that every 10 ms and 50 ms: an event starts at most 10 ms later.
 
 A page watching a run. Gradio's page keeps one loading status per component that an event ever
-touched: every output, and every input of an event that went through the queue (its "complete" status
-marks them all). Each later status change (two per Train-tab tick) walks that table, looking every entry
-up in the component tree and copying its properties: about 1 ms an entry on 2 cores. Start, Preview,
-Save and the memory estimate read every field of the form (about 80), so after one Start each tick cost
-the page 80 more look-ups. `Pack` hands the backend those values through one hidden JSON box, filled by
-a function that runs in the page (no status, no queue): the table holds one entry for the whole form.
+touched: every output, and every input of a backend event (its "complete" status marks them all, with
+queue=False too), and never drops one. Each later status change (two per Train-tab tick) walks that
+table, looking every entry up in the component tree and copying its properties: about 1 ms an entry on
+2 cores. Start, Preview, Save, Load info and the memory estimate read every field of the form (about
+80), so after one Start each tick cost the page 80 more look-ups. `Pack` hands the backend those values
+through one hidden JSON box, filled by a function that runs in the page (no status): the table holds
+one entry for the whole form.
 """
 
 from __future__ import annotations
