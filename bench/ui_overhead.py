@@ -14,7 +14,8 @@ effect being measured, the CPU the watching itself costs: CPU seconds used by th
 `--repo` runs the studio (and the worker) from another
 checkout, e.g. the code before a change, for a before/after on the same machine.
 
-The machine is shared and its speed drifts: rounds alternate CLI and browser, and repeat.
+The machine is shared and its speed drifts: rounds alternate CLI and browser, and repeat; each run starts
+once the machine is quiet (the previous worker may still be saving after its run says "finished").
 """
 
 from __future__ import annotations
@@ -61,7 +62,18 @@ def env_for(repo: Path) -> dict[str, str]:
     return os.environ | {"PYTHONPATH": str(repo), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
 
 
+def settle(limit_s: float = 60.0, quiet_cores: float = 0.3) -> None:
+    """Wait (at most limit_s) until the machine is quiet: a run counts as finished when its state says so,
+    and its worker may still be saving and exiting, which the next run's OpenMP probe would see as load."""
+    import psutil
+
+    deadline = time.time() + limit_s
+    while time.time() < deadline and psutil.cpu_percent(interval=1.0) / 100 * psutil.cpu_count() >= quiet_cores:
+        pass
+
+
 def run_cli(repo: Path, root: Path, name: str, steps: int) -> float:
+    settle()
     job = root / f"{name}.yaml"
     keys = JOB | {"max_steps": steps, "dataset_dir": str(root / "datasets"), "output_dir": str(root / "runs" / name)}
     job.write_text("".join(f"{k}: {v}\n" for k, v in keys.items()))
@@ -86,6 +98,7 @@ def watcher_cpu(studio: Studio) -> dict[str, float]:
 
 
 def run_browser(browser, studio: Studio, name: str, steps: int, costs: list[dict[str, float]]) -> float:
+    settle()
     page = browser.new_page(viewport=VIEWPORT)
     page.set_default_timeout(120_000)
     page.goto(studio.url, timeout=240_000)
