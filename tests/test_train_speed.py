@@ -76,6 +76,13 @@ def test_chunked_head_only_where_it_computes_the_same_loss(tmp_path):
     assert "several processes" in loss_head.chunked_head_reason(model, processes=2)
     model.config.model_type = "gemma2"  # soft-caps its logits after the head
     assert "gemma2" in loss_head.chunked_head_reason(model)
+    # the memory estimate's forecast, before any model loads, says the same in each case
+    model.config.model_type = "llama"
+    for trains, processes in ((True, 1), (False, 2), (False, 1)):
+        model.get_output_embeddings().weight.requires_grad_(trains)
+        planned = loss_head.planned_head_reason("llama", trains, processes)
+        assert planned == loss_head.chunked_head_reason(model, processes)
+    assert loss_head.planned_head_reason("gemma2", False) == "model type 'gemma2' may scale or cap its logits"
 
 
 def test_label_columns_skip_prompt_and_padding():

@@ -80,20 +80,26 @@ def chunk_rows(vocab_size: int) -> int:
     return max(1, CHUNK_LOGIT_BYTES // (4 * vocab_size))
 
 
+def planned_head_reason(model_type: str | None, head_trains: bool, processes: int = 1) -> str | None:
+    """What `chunked_head_reason` will say, from what is known before the model loads (the memory
+    estimate asks this): None when the chunked head will compute the loss, else why not."""
+    reasons = [
+        (processes > 1, "several processes (the decoder is called outside DDP's forward)"),
+        (head_trains, "the output head trains"),
+        (model_type not in FAMILIES, f"model type {model_type!r} may scale or cap its logits"),
+    ]
+    return next((why for hit, why in reasons if hit), None)
+
+
 def chunked_head_reason(base_model: torch.nn.Module, processes: int = 1) -> str | None:
     """None when the chunked head (`chunked_completion_loss`) computes this model's loss, else why not."""
     head = base_model.get_output_embeddings() if hasattr(base_model, "get_output_embeddings") else None
-    config = getattr(base_model, "config", None)
-    reasons = [
-        (processes > 1, "several processes (the decoder is called outside DDP's forward)"),
-        (not isinstance(head, torch.nn.Linear), "the output head is not a linear layer"),
-        (isinstance(head, torch.nn.Linear) and any(p.requires_grad for p in head.parameters()),
-         "the output head trains"),
-        (getattr(config, "model_type", None) not in FAMILIES,
-         f"model type {getattr(config, 'model_type', None)!r} may scale or cap its logits"),
-        (not hasattr(base_model, "get_decoder"), "no decoder to call apart from the head"),
-    ]
-    return next((why for hit, why in reasons if hit), None)
+    linear = isinstance(head, torch.nn.Linear)
+    if processes == 1 and not linear:
+        return "the output head is not a linear layer"
+    trains = linear and any(p.requires_grad for p in head.parameters())
+    why = planned_head_reason(getattr(getattr(base_model, "config", None), "model_type", None), trains, processes)
+    return why if why or hasattr(base_model, "get_decoder") else "no decoder to call apart from the head"
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):

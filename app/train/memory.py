@@ -200,7 +200,7 @@ def head_bytes(info: ModelInfo, job: JobConfig, on_gpu: bool, labels: int, world
         return labels * info.vocab_size * 4.0 * FUSED_HEAD_COPIES
     from app.train import loss_head  # torch: loaded only once an estimate is asked for
 
-    if job.finetuning_type != "full" and world_size == 1 and info.model_type in loss_head.FAMILIES:
+    if loss_head.planned_head_reason(info.model_type, job.finetuning_type == "full", world_size) is None:
         return (min(labels, loss_head.chunk_rows(info.vocab_size)) * info.vocab_size * 4.0 * CHUNK_HEAD_COPIES
                 + labels * info.hidden_size * 4.0)  # the hidden states' gradient, made in the forward pass
     return labels * info.vocab_size * 4.0 * LABEL_HEAD_COPIES
