@@ -36,6 +36,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import gradio as gr
+
 STOPWATCH_HZ = 1
 QUEUE_POLL_S = 0.01  # Gradio's queue: how often it looks for a new event when it has none
 PROGRESS_POLL_S = 0.05  # ... and for progress updates to send
@@ -114,15 +116,11 @@ class Pack:
     `.then` of the page-side packing, so fn sees the inputs' values as Gradio's page holds them."""
 
     def __init__(self, inputs: Sequence[Any]):
-        import gradio as gr
-
         self.inputs = list(inputs)
         self.box = gr.JSON(None, visible="hidden")
 
     def on(self, triggers: Sequence[Any], fn: Callable[..., Any], lead: Sequence[Any], outputs: Sequence[Any],
            **kwargs: Any) -> Any:
-        import gradio as gr
-
         count = len(self.inputs)
 
         def unpack(*args: Any) -> Any:
