@@ -3,7 +3,7 @@ tab with the page open (live curve, status line, run table), one after the other
 
     .venv/bin/python bench/ui_overhead.py [--steps 24] [--repeat 2] [--repo PATH]
 
-Each round: `ftstudio train job.yaml` in a child process (no studio page open), then the same job
+Each round: `ftstudio train job.yaml` in a child process (the studio paused, as if not running), then the same job
 started by clicking Start in headless Chromium (Playwright + /usr/bin/chromium) with the Train tab left
 open until the run ends. Both are the same worker on the same job (embedded SmolLM2-135M-Instruct,
 identity set, LoRA, batch 2, cutoff 256, logging every step). Reported: real tokens/s of each run
@@ -72,8 +72,18 @@ def settle(limit_s: float = 60.0, quiet_cores: float = 0.3) -> None:
         pass
 
 
-def run_cli(repo: Path, root: Path, name: str, steps: int) -> float:
+def run_cli(repo: Path, root: Path, name: str, steps: int, studio: Studio) -> float:
+    """The job from the CLI with the studio paused (SIGSTOP): a user who trains from the CLI has no studio
+    running, and its idle polling would slow this side too."""
     settle()
+    os.kill(studio.proc.pid, signal.SIGSTOP)
+    try:
+        return _run_cli(repo, root, name, steps)
+    finally:
+        os.kill(studio.proc.pid, signal.SIGCONT)
+
+
+def _run_cli(repo: Path, root: Path, name: str, steps: int) -> float:
     job = root / f"{name}.yaml"
     keys = JOB | {"max_steps": steps, "dataset_dir": str(root / "datasets"), "output_dir": str(root / "runs" / name)}
     job.write_text("".join(f"{k}: {v}\n" for k, v in keys.items()))
@@ -160,7 +170,7 @@ def main() -> int:
         with sync_playwright() as play:
             browser = play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             for i in range(args.repeat):
-                cli.append(run_cli(repo, root, f"cli-{i}", args.steps))
+                cli.append(run_cli(repo, root, f"cli-{i}", args.steps, studio))
                 print(f"round {i + 1}: CLI      {cli[-1]:7.1f} tokens/s   ({omp_policy(root / 'runs' / f'cli-{i}')})",
                       flush=True)
                 ui.append(run_browser(browser, studio, f"ui-{i}", args.steps, costs))

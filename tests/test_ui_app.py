@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import gradio as gr
 import pytest
 
 from app.config import JobConfig
@@ -95,27 +96,32 @@ def test_no_backend_event_reads_the_whole_form(studio):
     assert packers and all(len(d["outputs"]) == 1 for d in packers)
 
 
+OUTPUTS = ["table", "run", "compare", "loss", "lr", "status", "log", "timer"]
+
+
 def test_monitor_rebuilds_and_follows_a_run(studio):
     ctx, run = studio
     monitor = ctx.shared["train_monitor"]
-    out = dict(zip(["table", "sig", "run", "compare", "view", "loss", "lr", "status", "log", "timer"],
-                   monitor.show(None)))
+    out = dict(zip(OUTPUTS, monitor.show("page-1", None)))
     assert out["run"]["value"] == "old-run" and out["table"].iloc[0]["state"] == "stopped"
     train = out["loss"][out["loss"].series == "train"]
     assert train.step.tolist() == [1, 2, 3, 4, 5] and "stopped" in out["status"]
     assert out["timer"].active is False  # nothing runs: no polling
-    view, offset = out["view"], out["view"].offset
+    view = monitor.sessions.get("page-1").view
+    offset = view.offset
     # a resumed attempt appends to the same file: the next tick reads only the new bytes
     run.events.append("stage", name="training", message="training (resumed from checkpoint-5)")
     for step in (6, 7, 8):
         run.events.append("log", step=step, total_steps=10, loss=2.0, lr=1e-4)
     run.write_state(state="running")  # no live pid: refresh() marks it failed, as after a crash
     ctx.manager.refresh()  # what the studio's scheduler thread does every few seconds
-    ticked = monitor.tick(view, "old-run", out["sig"])
-    train = ticked[5][ticked[5].series == "train"]
-    assert train.step.tolist()[-1] == 8 and ticked[4].offset > offset
-    assert run.read_state()["state"] == "failed" and ticked[4].done["state"] == "failed"
-    assert "failed" in ticked[7] and ticked[8]["visible"] is True  # the status and the worker log tail
+    ticked = dict(zip(OUTPUTS, monitor.tick("page-1", "old-run")))
+    train = ticked["loss"][ticked["loss"].series == "train"]
+    view = monitor.sessions.get("page-1").view
+    assert train.step.tolist()[-1] == 8 and view.offset > offset
+    assert run.read_state()["state"] == "failed" and view.done["state"] == "failed"
+    assert "failed" in ticked["status"] and ticked["log"]["visible"] is True  # the status and the log tail
+    assert monitor.sessions.get("page-2").view is None  # another page: a session of its own
 
 
 def test_a_tick_never_undoes_a_pick(studio):
@@ -125,14 +131,36 @@ def test_a_tick_never_undoes_a_pick(studio):
 
     ctx, _ = studio
     monitor = ctx.shared["train_monitor"]
-    picked = monitor.show("old-run")
-    late = monitor.tick(picked[4], "other-run", picked[1])  # sent while the page still showed other-run
+    monitor.show("page", "old-run")
+    late = monitor.tick("page", "other-run")  # sent while the page still showed other-run
     assert all(out == {"__type__": "update"} for out in late)  # gr.skip(): the pick's view and status stay
-    assert monitor.tick(picked[4], "old-run", picked[1])[4].run == "old-run"
-    picked[4].selected_at -= STALE_S  # a mismatch that lasts is the page's: followed (other-run is gone)
-    assert monitor.tick(picked[4], "other-run", picked[1])[2]["value"] == "old-run"
+    monitor.tick("page", "old-run")
+    assert monitor.sessions.get("page").view.run == "old-run"
+    monitor.sessions.get("page").view.selected_at -= STALE_S  # a mismatch that lasts is the page's: followed
+    assert monitor.tick("page", "other-run")[1]["value"] == "old-run"  # (other-run is gone)
     assert keep_order(["b", "a"], ["c", "a", "b"]) == ["b", "a", "c"]
     assert keep_order(["b", "a"], ["a"]) == ["a"]
+
+
+def test_a_tick_during_a_pick_changes_nothing(studio, monkeypatch):
+    """A `show` that replaces the session's view while a tick reads the events: the tick's outputs are the
+    older ones, so it sends none and leaves the new view in place."""
+    ctx, run = studio
+    monitor = ctx.shared["train_monitor"]
+    monitor.show("page", "old-run")
+    run.events.append("log", step=6, total_steps=10, loss=2.0, lr=1e-4)
+    read_from = type(run.events).read_from
+
+    def read_and_pick(self, offset=0):
+        result = read_from(self, offset)
+        monitor.sessions.get("page").view = picked  # a pick landing meanwhile
+        return result
+
+    from app.ui import plots
+    picked = plots.LiveView(run="old-run")
+    monkeypatch.setattr(type(run.events), "read_from", read_and_pick)
+    assert all(out == {"__type__": "update"} for out in monitor.tick("page", "old-run"))
+    assert monitor.sessions.get("page").view is picked
 
 
 def test_estimates_never_download_a_hub_model(studio, monkeypatch):
@@ -145,17 +173,56 @@ def test_estimates_never_download_a_hub_model(studio, monkeypatch):
         ctx.model_info("someorg/some-model", fetch=False)
 
 
-def test_the_train_tab_timer_has_one_handler(studio):
-    """Each event the page dispatches costs Chromium a pass over every component's loading status: the run
-    monitor's timer sends one request per tick, the stage curves riding in it (Monitor.follow)."""
+def test_the_train_tab_timer_has_one_handler_and_it_runs_in_the_page(studio):
+    """Each backend event costs the page two passes over every component's loading status (app.ui.idle):
+    the run monitor's timer is one frontend-only handler that posts to the studio's poll route, the stage
+    curves and Stop's line riding in it (Monitor.follow)."""
     ctx, _ = studio
     monitor = ctx.shared["train_monitor"]
     handlers = [d for d in ctx.demo.config["dependencies"]
                 if any(t[0] == monitor.timer._id and t[1] == "tick" for t in d["targets"])]
     assert len(handlers) == 1
     outputs = {ctx.demo.blocks[i].elem_id for i in handlers[0]["outputs"]}
-    assert {"train-status", "train-loss", "train-metrics", "train-lengths"} <= outputs
-    assert handlers[0]["queue"] is False
+    assert {"train-status", "train-loss", "train-metrics", "train-lengths", "train-monitor-message"} <= outputs
+    assert handlers[0]["backend_fn"] is False and "ftstudio/poll/" in handlers[0]["js"]
+    inputs = [ctx.demo.blocks[i] for i in handlers[0]["inputs"]]
+    assert not any(isinstance(c, gr.State) for c in inputs)  # a frontend-only event cannot read a State
+
+
+def test_the_poll_route_answers_the_tick_as_gradio_would_and_asks_for_the_password(studio):
+    """The page's tick over HTTP, through the middleware the studio launches with: the monitor's outputs as
+    Gradio's update dicts (gr.skip() an empty one), and 401 without Gradio's login when there is a password."""
+    import re
+
+    from fastapi.testclient import TestClient
+    from gradio.routes import App
+
+    from app.ui.idle import app_kwargs
+
+    ctx, _ = studio
+    monitor = ctx.shared["train_monitor"]
+    handler = next(d for d in ctx.demo.config["dependencies"]
+                   if any(t[0] == monitor.timer._id and t[1] == "tick" for t in d["targets"]))
+    name = re.search(r"ftstudio/poll/(\w+)", handler["js"]).group(1)
+    values = [None] * len(handler["inputs"])
+    values[:3] = ["page", "old-run", "en"]  # key, run, language; the followers' inputs follow
+    client = TestClient(App.create_app(ctx.demo, app_kwargs=app_kwargs()))
+    first = client.post(f"/ftstudio/poll/{name}", json=values)
+    assert first.status_code == 200, first.text
+    sent = dict(zip(OUTPUTS, first.json()))
+    assert all(update["__type__"] == "update" for update in first.json())
+    assert "**old-run**" in sent["status"]["value"] and sent["table"]["value"]["data"][0][0] == "old-run"
+    assert [row[0] for row in sent["loss"]["value"]["data"]][:5] == [1, 2, 3, 4, 5]  # the curve, from offset 0
+    again = dict(zip(OUTPUTS, client.post(f"/ftstudio/poll/{name}", json=values).json()))
+    assert again["status"] == again["loss"] == {"__type__": "update"}  # nothing new: skipped
+    assert client.post("/ftstudio/poll/nope", json=values).status_code == 404
+    assert client.post(f"/ftstudio/poll/{name}", json={"not": "a list"}).status_code == 500
+
+    ctx.demo.auth = [("ana", "secret")]
+    locked = TestClient(App.create_app(ctx.demo, app_kwargs=app_kwargs()))
+    assert locked.post(f"/ftstudio/poll/{name}", json=values).status_code == 401
+    assert locked.post("/login", data={"username": "ana", "password": "secret"}).status_code == 200
+    assert locked.post(f"/ftstudio/poll/{name}", json=values).status_code == 200
 
 
 def test_the_stage_curves_read_the_events_file_only_when_the_view_moved(studio, monkeypatch):
@@ -169,19 +236,23 @@ def test_the_stage_curves_read_the_events_file_only_when_the_view_moved(studio, 
     for step in (1, 2):
         run.events.append("log", step=step, total_steps=4, loss=0.69, rewards_accuracies=0.5, rewards_margins=0.1)
     follow = follower(monitor, "train-metrics")
-    view = monitor.show("dpo-run")[4]
-    drawn = follow("dpo-run", view, None)
-    assert drawn[0]["visible"] is True and drawn[2][1] == view.offset  # DPO numbers: a plot, signed by offset
+    monitor.show("page", "dpo-run")
+    session = monitor.sessions.get("page")
+    drawn = follow("dpo-run", session)
+    sig = session.memo["stage"]
+    assert drawn[0]["visible"] is True and sig.offset == session.view.offset  # DPO numbers: a plot, signed by offset
     run.events.append("log", step=3, total_steps=4, loss=0.6, rewards_accuracies=1.0, rewards_margins=0.3)
     skip, reads, read_from = {"__type__": "update"}, [], type(run.events).read_from
     monkeypatch.setattr(type(run.events), "read_from",
                         lambda self, offset=0: reads.append(offset) or read_from(self, offset))  # counts reads
-    assert follow("dpo-run", view, drawn[2]) == (skip, skip, drawn[2]) and reads == []  # the view has not moved
+    assert follow("dpo-run", session) == (skip, skip) and reads == []  # the view has not moved
+    assert session.memo["stage"] == sig
     run.events.append("done", state="stopped", error=None)  # the monitor reads the new bytes: the run ended
-    view = monitor.tick(view, "dpo-run", None)[4]
-    redrawn = follow("dpo-run", view, drawn[2])
+    monitor.tick("page", "dpo-run")
+    redrawn = follow("dpo-run", session)
     assert reads[-1] == 0  # the whole file, once the run ended
-    assert redrawn[2][1] == view.offset > drawn[2][1] and len(redrawn[0]["value"]) > len(drawn[0]["value"])
+    assert session.memo["stage"].offset == session.view.offset > sig.offset
+    assert len(redrawn[0]["value"]) > len(drawn[0]["value"])
 
 
 def test_the_stage_curves_of_an_sft_run_read_nothing_after_the_first_tick(studio, monkeypatch):
@@ -194,31 +265,34 @@ def test_the_stage_curves_of_an_sft_run_read_nothing_after_the_first_tick(studio
     run.write_state(state="running")
     run.events.append("log", step=1, total_steps=9, loss=2.0)
     follow = follower(monitor, "train-metrics")
-    view = monitor.show("sft-run")[4]
-    first = follow("sft-run", view, None)
-    assert first[0]["visible"] is False and first[2][4] == "sft"
+    monitor.show("page", "sft-run")
+    session = monitor.sessions.get("page")
+    first = follow("sft-run", session)
+    assert first[0]["visible"] is False and session.memo["stage"].stage == "sft"
     reads, read_from, job = [], type(run.events).read_from, RunFolder.job
     monkeypatch.setattr(type(run.events), "read_from",
                         lambda self, offset=0: reads.append(offset) or read_from(self, offset))
     monkeypatch.setattr(RunFolder, "job", lambda self: reads.append("job") or job(self))
-    sig = first[2]
+    sig = session.memo["stage"]
     for step in range(2, 6):
         run.events.append("log", step=step, total_steps=9, loss=2.0 / step)
-        view = monitor.tick(view, "sft-run", None)[4]  # the monitor itself reads the new bytes
+        monitor.tick("page", "sft-run")  # the monitor itself reads the new bytes
         reads.clear()
-        assert follow("sft-run", view, sig)[2] == sig and reads == []
+        follow("sft-run", session)
+        assert session.memo["stage"] == sig and reads == []
 
 
 def test_the_stopping_line_goes_once_the_run_has_ended(studio):
     from app.ui import plots
+    from app.ui.tabs.train_runs import Session
 
     ctx, _ = studio
     monitor = ctx.shared["train_monitor"]
     settle = follower(monitor, "train-monitor-message")
     said = ctx.t("msg.stopping", "zh", name="old-run")
-    ended = plots.LiveView(run="old-run", done={"state": "stopped"})
+    ended = Session(plots.LiveView(run="old-run", done={"state": "stopped"}))
     assert settle("old-run", ended, said, "zh") == ("",)
-    still_running = plots.LiveView(run="old-run")
+    still_running = Session(plots.LiveView(run="old-run"))
     assert settle("old-run", still_running, said, "zh")[0] != ""  # not yet: left as it is
     assert settle("old-run", ended, ctx.t("msg.resumed", "zh", name="old-run"), "zh")[0] != ""  # other lines stay
     assert settle("other-run", ended, said, "zh")[0] != ""  # the page moved to another run: not this tick's to say

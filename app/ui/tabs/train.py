@@ -170,7 +170,7 @@ def build(ctx: StudioContext) -> None:
 
     load.upload(on_load, [load, lang], [output, *model, *fields], **PRIVATE)
 
-    def on_start(lang_: str, *args: Any) -> list[Any]:
+    def on_start(key: str, lang_: str, *args: Any) -> list[Any]:
         skip = [gr.skip()] * (len(monitor.outputs) + 2)
         job, problems = build_job(args, lang_)
         if job is None:
@@ -188,6 +188,6 @@ def build(ctx: StudioContext) -> None:
         queued = run.read_state().get("state") == "queued"
         message = ctx.t("msg.queued" if queued else "msg.started", lang_, name=run.name)
         job = run.job()
-        return [message, job.command_line(), job.to_yaml(), *monitor.show(run.name, activate=True, lang=lang_)]
+        return [message, job.command_line(), job.to_yaml(), *monitor.show(key, run.name, activate=True, lang=lang_)]
 
-    form.on([start.click], on_start, [lang], [output, command, job_yaml, *monitor.outputs], **PRIVATE)
+    form.on([start.click], on_start, [monitor.key, lang], [output, command, job_yaml, *monitor.outputs], **PRIVATE)

@@ -62,9 +62,8 @@ def build_stage_curves(ctx: StudioContext, monitor: Any) -> None:
                            value=None, visible=False, elem_id="train-metrics")
         lengths = ctx.make(gr.LinePlot, "train.lengths", x="step", y="value", value=None, visible=False,
                            elem_id="train-lengths")
-    signature = gr.State(None)
-
     def refresh(name: str | None, sig: Any) -> tuple[Any, Any, Any]:
+        """(metrics plot, lengths plot, what is now drawn)."""
         stage, events, offset = _events(ctx, name)
         frame = stage_plots.metrics_frame(stage, events)
         length = stage_plots.length_frame(events) if stage == "grpo" else None
@@ -84,10 +83,11 @@ def build_stage_curves(ctx: StudioContext, monitor: Any) -> None:
                 gr.update(value=length if length is not None and not length.empty else None,
                           visible=length is not None and not length.empty), new_sig)
 
-    def tick(name: str | None, view: Any, sig: Any) -> tuple[Any, Any, Any]:
+    def tick(name: str | None, session: Any) -> tuple[Any, Any]:
+        view, sig = session.view, session.memo.get("stage")
         # A tick that left the page before its newest pick reached the server would draw the old run's curves.
         if monitor.stale(view, name):
-            return (gr.skip(),) * 3
+            return gr.skip(), gr.skip()
         # A run's stage never changes: SFT and pre-training have no curves here, and nothing is read.
         # The monitor has just read the run's new bytes into `view`: with none since the last draw, or a draw
         # less than PLOT_EVERY_S ago and the run still going, the events file is not read again.
@@ -96,12 +96,16 @@ def build_stage_curves(ctx: StudioContext, monitor: Any) -> None:
             unmoved = view is not None and view.run == name and (
                 sig.offset == view.offset or (time.monotonic() - sig.at < PLOT_EVERY_S and view.done is None))
             if no_curves or unmoved:
-                return gr.skip(), gr.skip(), sig
-        return refresh(name, sig)
+                return gr.skip(), gr.skip()
+        *plots, session.memo["stage"] = refresh(name, sig)
+        return tuple(plots)
 
-    outputs = [metrics, lengths, signature]
-    monitor.follow(tick, [signature], outputs)  # inside the monitor's own tick: one request, not two
-    monitor.run.change(refresh, [monitor.run, gr.State(None)], outputs, show_progress="hidden", **PRIVATE)
+    def on_pick(key: str, name: str | None) -> tuple[Any, Any]:
+        *plots, monitor.sessions.get(key).memo["stage"] = refresh(name, None)
+        return tuple(plots)
+
+    monitor.follow(tick, [], [metrics, lengths])  # inside the monitor's own tick: one request, not two
+    monitor.run.change(on_pick, [monitor.key, monitor.run], [metrics, lengths], show_progress="hidden", **PRIVATE)
 
 
 def build_continue(ctx: StudioContext, monitor: Any) -> None:
@@ -114,19 +118,19 @@ def build_continue(ctx: StudioContext, monitor: Any) -> None:
         message = gr.Markdown("", elem_id="train-continue-message")
     lang = ctx.shared["lang"]
 
-    def on_continue(name: str | None, more: float | None, lang_: str) -> list[Any]:
+    def on_continue(key: str, name: str | None, more: float | None, lang_: str) -> list[Any]:
         from app.train.continuation import continue_job
 
         if not name:
-            return [ctx.t("msg.no_run", lang_), *monitor.show(name)]
+            return [ctx.t("msg.no_run", lang_), *monitor.show(key, name, lang=lang_)]
         state = ctx.manager.run(name).read_state().get("state")
         if state != "finished":
-            return [ctx.t("train.msg.not_finished", lang_, run=name, state=state), *monitor.show(name)]
+            return [ctx.t("train.msg.not_finished", lang_, run=name, state=state), *monitor.show(key, name, lang=lang_)]
         try:
             run = ctx.manager.submit(continue_job(ctx.runs_dir / name, float(more or 1)))
         except (ValueError, RuntimeError) as exc:
-            return [f"✗ {exc}", *monitor.show(name)]
+            return [f"✗ {exc}", *monitor.show(key, name, lang=lang_)]
         text = ctx.t("train.msg.continued", lang_, name=run.name, run=name, epochs=f"{float(more or 1):g}")
-        return [text, *monitor.show(run.name, activate=True)]
+        return [text, *monitor.show(key, run.name, activate=True, lang=lang_)]
 
-    button.click(on_continue, [monitor.run, epochs, lang], [message, *monitor.outputs], **PRIVATE)
+    button.click(on_continue, [monitor.key, monitor.run, epochs, lang], [message, *monitor.outputs], **PRIVATE)

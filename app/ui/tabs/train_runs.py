@@ -1,21 +1,20 @@
 """The Train tab's run monitor: run list, live curves of the selected run, stop/resume, comparison.
 
-Curves come from the run's events.jsonl, read by byte offset on a gr.Timer into a per-session
-LiveView (gr.State). Watching must cost the training run nothing measurable (issue: 1.7x slower with a
+Curves come from the run's events.jsonl, read by byte offset on a gr.Timer into a LiveView per page
+(`Sessions`). Watching must cost the training run nothing measurable (issue: 1.7x slower with a
 browser open, at a 1 s timer that re-sent both plots on every step). So:
 
-- the timer ticks every TICK_S seconds, and only while some run is queued or running. Each tick costs
-  the page two passes over Gradio's loading-status table (app.ui.idle says what keeps it short): at 5 s
-  instead of 2.5 s Chromium used 0.035 instead of 0.049 cores while a run trained;
+- the timer ticks every TICK_S seconds, and only while some run is queued or running, as a frontend-only
+  event (app.ui.poll): the page posts the tick's inputs to the studio's route and applies the answer,
+  without the two passes over Gradio's loading-status table a backend event costs it (app.ui.idle);
+- the session's view lives in the studio (`Sessions`, keyed by a random key the page makes when it loads),
+  since a frontend-only event cannot read a gr.State;
 - a tick sends only what changed: the status line when its text changed; the run table at once when a
   run appears or changes state, its step and loss columns (which the status line already shows live)
   with the plots, at most every PLOT_EVERY_S seconds (each update makes the browser re-draw the whole
   Vega chart or table), and at once when the run ends; the run pickers only when the list of names does;
-- a tick is a plain request (queue=False), not a queue round trip with status messages per output;
-- a tick is one request for the whole tab: what else follows the timer (the stage curves) joins it
-  through `follow` instead of a handler of its own. Each event the page dispatches costs it a pass
-  over the loading status of every component that has had one (Gradio's update_loading_stati_state,
-  most of Chromium's CPU while a run trains), so two handlers on one timer cost twice that;
+- a tick is one request for the whole tab: what else follows the timer (the stage curves, Stop's line)
+  joins it through `follow` instead of a handler of its own;
 - the queue is driven by the studio's scheduler thread (app.jobs.scheduler), not by ticks;
 - run summaries are incremental (app.jobs.summaries): a tick reads only the new bytes of each log.
 
@@ -27,14 +26,17 @@ The selection is the user's, with two sessions (or one page and a colleague's ru
 - a tick carries the run the page showed when it was sent; one that names another run than the session's
   view, within STALE_S of that view's selection (a pick, Start, Refresh, ...), left the page before the
   selection reached it and changes nothing: it would put the old run's status and view back over the
-  pick. A mismatch that outlives STALE_S is the page's own choice (its `show` failed): the tick follows it;
+  pick. A mismatch that outlives STALE_S is the page's own choice (its `show` failed): the tick follows it.
+  A tick during which a `show` replaced the session's view changes nothing either;
 - a pick made while the previous pick's `show` is still running is queued, not dropped (always_last).
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,12 +46,40 @@ import gradio as gr
 from app.train.runfolder import ACTIVE_STATES
 from app.ui import plots
 from app.ui.context import StudioContext
+from app.ui.poll import poll
 
 TICK_S = 5.0
 PLOT_EVERY_S = 8.0
 STALE_S = 10.0  # longer than a tick request waits under load, short enough to heal a failed show
 RESUMABLE = ("stopped", "failed")
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
+KEY_JS = "() => Math.random().toString(36).slice(2) + Date.now().toString(36)"  # one per page load
+
+
+@dataclass
+class Session:
+    """What one page was last sent: the run it shows and its curves (`view`), the run table's signature
+    (`sig`), and what each follower keeps (`memo`)."""
+    view: plots.LiveView | None = None
+    sig: tuple | None = None
+    memo: dict[str, Any] = field(default_factory=dict)
+
+
+class Sessions:
+    """The pages' sessions by key, the MAX most recently used (a reloaded page makes a new key)."""
+    MAX = 64
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._by_key: OrderedDict[str, Session] = OrderedDict()
+
+    def get(self, key: str | None) -> Session:
+        with self.lock:
+            session = self._by_key.pop(key or "", None) or Session()
+            self._by_key[key or ""] = session
+            while len(self._by_key) > self.MAX:
+                self._by_key.popitem(last=False)
+            return session
 
 
 @dataclass
@@ -61,39 +91,36 @@ class Monitor:
     loss: Any
     lr: Any
     log: Any
-    view: Any
+    key: Any
     timer: Any
-    table_sig: Any
     compare: Any
+    sessions: Sessions = field(default_factory=Sessions)
     followers: list[tuple[Callable[..., tuple], list[Any], list[Any]]] = field(default_factory=list)
 
     @property
     def outputs(self) -> list[Any]:
-        """What `show` fills, in order."""
-        return [self.table, self.table_sig, self.run, self.compare, self.view, self.loss, self.lr, self.status,
-                self.log, self.timer]
+        """What `show` and `tick` fill, in order."""
+        return [self.table, self.run, self.compare, self.loss, self.lr, self.status, self.log, self.timer]
 
     def follow(self, fn: Callable[..., tuple], inputs: list[Any], outputs: list[Any]) -> None:
-        """Run fn(run name, view, *inputs) -> outputs on every tick, inside the monitor's own (before `wire`)."""
+        """Run fn(run name, session, *inputs) -> outputs on every tick, inside the monitor's own (before `wire`).
+        Inputs are components whose value lives in the page; what fn keeps between ticks goes in session.memo."""
         self.followers.append((fn, inputs, outputs))
 
     def wire(self) -> None:
-        """Register the one tick handler: the monitor's outputs, then each follower's."""
+        """Register the one tick handler (app.ui.poll): the monitor's outputs, then each follower's."""
         extra_in = [c for _, inputs, _ in self.followers for c in inputs]
         extra_out = [c for _, _, outputs in self.followers for c in outputs]
 
-        def tick(view: Any, name: str | None, sig: tuple | None, lang_: str, *values: Any) -> list[Any]:
-            out = self.tick(view, name, sig, lang_)
+        def tick(key: str | None, name: str | None, lang_: str, *values: Any) -> list[Any]:
+            out = self.tick(key, name, lang_)
+            session = self.sessions.get(key)
             for fn, inputs, _ in self.followers:
-                out.extend(fn(name, view, *values[:len(inputs)]))
+                out.extend(fn(name, session, *values[:len(inputs)]))
                 values = values[len(inputs):]
             return out
 
-        # queue=False: one plain request per tick, not a queue round trip whose status messages the page
-        # processes for every output; the tick is quick (it reads a few bytes) and needs no queue slot.
-        lang = self.ctx.shared["lang"]
-        self.timer.tick(tick, [self.view, self.run, self.table_sig, lang, *extra_in], [*self.outputs, *extra_out],
-                        show_progress="hidden", queue=False, **PRIVATE)
+        poll(self.timer, tick, [self.key, self.run, self.ctx.shared["lang"], *extra_in], [*self.outputs, *extra_out])
 
     @staticmethod
     def stale(view: plots.LiveView | None, name: str | None) -> bool:
@@ -113,7 +140,7 @@ class Monitor:
         old_shape, old_choices, old_full = sig or ("", None, "")
         skip = gr.skip()
         if shape == old_shape and (full == old_full or not numbers_due):
-            return skip, skip, skip, skip, active, names
+            return skip, sig, skip, skip, active, names
         choices = names if old_choices is None else keep_order(old_choices, names)
         pickers = (skip, skip) if choices == old_choices else (gr.update(choices=choices), gr.update(choices=choices))
         return frame, (shape, choices, full), *pickers, active, names
@@ -145,8 +172,9 @@ class Monitor:
     def translator(self, lang: str) -> plots.Translate:
         return lambda key, **values: self.ctx.t(key, lang, **values)
 
-    def show(self, name: str | None, activate: bool = False, lang: str = "en") -> list[Any]:
-        """Select run `name` (or the active / newest one when None): every output, curves from offset 0."""
+    def show(self, key: str | None, name: str | None, activate: bool = False, lang: str = "en") -> list[Any]:
+        """Select run `name` (or the active / newest one when None) for page `key`: every output, curves from
+        offset 0."""
         self.ctx.manager.refresh()
         table, new_sig, _, compare_choices, active, names = self._table(None, lang)
         if name not in names:
@@ -156,32 +184,41 @@ class Monitor:
         status, log, _ = self._status(view, lang)
         view.plotted_at, view.status = time.monotonic(), status
         view.plotted_offset = view.offset
-        return [table, new_sig, gr.update(choices=names, value=name), compare_choices, view,
-                plots.loss_frame(view), plots.lr_frame(view), status, log, gr.Timer(active=active or activate)]
+        session = self.sessions.get(key)
+        with self.sessions.lock:
+            session.view, session.sig = view, new_sig
+        return [table, gr.update(choices=names, value=name), compare_choices, plots.loss_frame(view),
+                plots.lr_frame(view), status, log, gr.Timer(active=active or activate)]
 
-    def tick(self, view: plots.LiveView | None, name: str | None, sig: tuple | None, lang: str = "en") -> list[Any]:
-        if self.stale(view, name):
-            return [gr.skip()] * len(self.outputs)
-        due = time.monotonic() - (view.plotted_at if view else 0.0) >= PLOT_EVERY_S
-        table, new_sig, run_choices, compare_choices, active, names = self._table(sig, lang, numbers_due=due)
+    def tick(self, key: str | None, name: str | None, lang: str = "en") -> list[Any]:
+        session = self.sessions.get(key)
+        before = session.view
+        skipped = [gr.skip()] * len(self.outputs)
+        if self.stale(before, name):
+            return skipped
+        due = time.monotonic() - (before.plotted_at if before else 0.0) >= PLOT_EVERY_S
+        table, new_sig, run_choices, compare_choices, active, names = self._table(session.sig, lang, numbers_due=due)
         if name not in names:
-            return self.show(name, lang=lang)
-        view, changed = self._read(view, name)
+            return self.show(key, name, lang=lang)
+        view, changed = self._read(before, name)
         status, log, ended = self._status(view, lang)
         skip = gr.skip()
         status_out = skip if status == view.status else status
         log_out = log if status_out is not skip else skip
         due = due or ended
-        if view.offset != view.plotted_offset and due:
-            plots_out = [plots.loss_frame(view), plots.lr_frame(view)]
-            view.plotted_at, view.plotted_offset = time.monotonic(), view.offset
-        else:
-            plots_out = [skip, skip]
-        view.status = status
+        plot = view.offset != view.plotted_offset and due
+        with self.sessions.lock:
+            if session.view is not before:  # a `show` replaced the view meanwhile: its outputs are the newer
+                return skipped
+            if plot:
+                view.plotted_at, view.plotted_offset = time.monotonic(), view.offset
+            view.status = status
+            session.view, session.sig = view, new_sig
+        plots_out = [plots.loss_frame(view), plots.lr_frame(view)] if plot else [skip, skip]
         # Keep ticking until the plots show everything the run wrote (a run that just ended included).
         pending = view.offset != view.plotted_offset
-        timer = skip if active or pending else gr.Timer(active=False)
-        return [table, new_sig, run_choices, compare_choices, view, *plots_out, status_out, log_out, timer]
+        timer = skip if active or pending else gr.update(active=False)
+        return [table, run_choices, compare_choices, *plots_out, status_out, log_out, timer]
 
 
 def keep_order(shown: list[str], names: list[str]) -> list[str]:
@@ -214,16 +251,16 @@ def build_monitor(ctx: StudioContext) -> Monitor:
         compare = ctx.make(gr.Dropdown, "train.compare", choices=[], multiselect=True, elem_id="train-compare")
         compare_plot = ctx.make(gr.LinePlot, "train.compare_plot", x="step", y="loss", color="run", color_title="",
                                 value=None, elem_id="train-compare-plot")
-    monitor = Monitor(ctx, table, run, status, loss, lr, log, gr.State(None), gr.Timer(TICK_S, active=False),
-                      gr.State(None), compare)
+    key = gr.Textbox("", visible="hidden", elem_id="train-monitor-key")
+    monitor = Monitor(ctx, table, run, status, loss, lr, log, key, gr.Timer(TICK_S, active=False), compare)
     ctx.shared["train_monitor"] = monitor
 
     lang = ctx.shared["lang"]
-    show = lambda name, lang_: monitor.show(name, lang=lang_)  # noqa: E731
-    ctx.demo.load(show, [run, lang], monitor.outputs, **PRIVATE)
-    run.input(show, [run, lang], monitor.outputs, trigger_mode="always_last", **PRIVATE)
-    refresh.click(show, [run, lang], monitor.outputs, **PRIVATE)
-    lang.change(show, [run, lang], monitor.outputs, **PRIVATE)
+    show = lambda key_, name, lang_: monitor.show(key_, name, lang=lang_)  # noqa: E731
+    ctx.demo.load(None, None, key, js=KEY_JS, **PRIVATE).then(show, [key, run, lang], monitor.outputs, **PRIVATE)
+    run.input(show, [key, run, lang], monitor.outputs, trigger_mode="always_last", **PRIVATE)
+    refresh.click(show, [key, run, lang], monitor.outputs, **PRIVATE)
+    lang.change(show, [key, run, lang], monitor.outputs, **PRIVATE)
 
     def on_stop(name: str | None, lang: str) -> str:
         if not name:
@@ -234,28 +271,29 @@ def build_monitor(ctx: StudioContext) -> Monitor:
             return ctx.t("msg.no_such_run", lang, name=name)
         return ctx.t("msg.stopping", lang, name=name)
 
-    def on_resume(name: str | None, lang: str) -> list[Any]:
+    def on_resume(key_: str, name: str | None, lang: str) -> list[Any]:
         if not name:
-            return [ctx.t("msg.no_run", lang), *monitor.show(name, lang=lang)]
+            return [ctx.t("msg.no_run", lang), *monitor.show(key_, name, lang=lang)]
         try:
             state = ctx.manager.run(name).read_state().get("state")
             if state not in RESUMABLE:
                 return [ctx.t("msg.not_resumable", lang, name=name, state=ctx.t(f"state.{state}", lang)),
-                        *monitor.show(name, lang=lang)]
+                        *monitor.show(key_, name, lang=lang)]
             ctx.manager.resume(name)
         except (KeyError, RuntimeError) as exc:
-            return [f"⚠ {exc}", *monitor.show(name, lang=lang)]
-        return [ctx.t("msg.resumed", lang, name=name), *monitor.show(name, activate=True, lang=lang)]
+            return [f"⚠ {exc}", *monitor.show(key_, name, lang=lang)]
+        return [ctx.t("msg.resumed", lang, name=name), *monitor.show(key_, name, activate=True, lang=lang)]
     stop.click(on_stop, [run, lang], message, **PRIVATE).then(
         lambda: gr.Timer(active=True), None, monitor.timer, **PRIVATE)
 
-    def settle(name: str | None, view: plots.LiveView | None, said: str, lang_: str) -> tuple[Any]:
+    def settle(name: str | None, session: Session, said: str, lang_: str) -> tuple[Any]:
         """Stop's "stopping ..." line goes once the run it names has ended (the status line says how)."""
+        view = session.view
         ended = view is not None and view.run == name and view.done is not None
         return ("" if ended and name and said == ctx.t("msg.stopping", lang_, name=name) else gr.skip(),)
 
     monitor.follow(settle, [message, lang], [message])
-    resume.click(on_resume, [run, lang], [message, *monitor.outputs], **PRIVATE)
+    resume.click(on_resume, [key, run, lang], [message, *monitor.outputs], **PRIVATE)
 
     def compare_frame(names: list[str] | None) -> Any:
         events = {}
