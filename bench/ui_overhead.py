@@ -107,6 +107,17 @@ def watcher_cpu(studio: Studio) -> dict[str, float]:
     return {"studio": cpu(psutil.Process(studio.proc.pid)), "chromium": sum(cpu(p) for p in chromium)}
 
 
+def same_job(cli_run: Path, ui_run: Path) -> None:
+    """Both sides must train the same job: the keys where the browser's job.yaml differs from the CLI's."""
+    import yaml
+
+    cli, ui = (yaml.safe_load((run / "job.yaml").read_text()) for run in (cli_run, ui_run))
+    differ = {k: (cli.get(k), ui.get(k)) for k in sorted(set(cli) | set(ui))
+              if k != "output_dir" and cli.get(k) != ui.get(k)}
+    if differ:
+        raise RuntimeError(f"the browser trained another job than the CLI (key: (CLI, browser)): {differ}")
+
+
 def run_browser(browser, studio: Studio, name: str, steps: int, costs: list[dict[str, float]]) -> float:
     settle()
     page = browser.new_page(viewport=VIEWPORT)
@@ -174,6 +185,7 @@ def main() -> int:
                 print(f"round {i + 1}: CLI      {cli[-1]:7.1f} tokens/s   ({omp_policy(root / 'runs' / f'cli-{i}')})",
                       flush=True)
                 ui.append(run_browser(browser, studio, f"ui-{i}", args.steps, costs))
+                same_job(root / "runs" / f"cli-{i}", studio.runs / f"ui-{i}")
                 cost = costs[-1] if costs else {}
                 print(f"round {i + 1}: browser  {ui[-1]:7.1f} tokens/s   watching used: studio "
                       f"{cost.get('studio', 0):.3f} cores, Chromium {cost.get('chromium', 0):.3f} cores   "
@@ -186,7 +198,8 @@ def main() -> int:
     ratio = statistics.mean(ui) / statistics.mean(cli)
     print(f"\ncode: {repo}\nCLI     mean {statistics.mean(cli):7.1f} tokens/s  {[round(x, 1) for x in cli]}\n"
           f"browser mean {statistics.mean(ui):7.1f} tokens/s  {[round(x, 1) for x in ui]}\n"
-          f"browser / CLI = {ratio:.3f}  ({(1 - ratio) * 100:+.1f}% slower with the Train tab open)")
+          f"browser / CLI = {ratio:.3f}  ({abs(1 - ratio) * 100:.1f}% {'slower' if ratio < 1 else 'faster'} with the "
+          f"Train tab open)")
     if costs:
         studio_cores = statistics.mean(c["studio"] for c in costs)
         chromium_cores = statistics.mean(c["chromium"] for c in costs)

@@ -135,17 +135,12 @@ class StudioContext:
         language, as Gradio would send it. A backend event would leave each of the ~300 components it
         relabels in the page's loading-status table, which every later event walks (app.ui.idle): after
         one switch a Train-tab tick cost the page 3x as much. Each update goes through the step Gradio
-        applies to a backend's (a component rebuilt with it, `postprocess_update_dict`)."""
-        from gradio.blocks import postprocess_update_dict
+        applies to a backend's (`app.ui.poll.encode`)."""
+        from app.ui.poll import encode
 
         table: dict[str, list[dict[str, Any]]] = {}
         for lang in LANGUAGES:
-            rows = table[lang] = []
-            for entry, update in zip(self.registry, self.relabel(lang)):
-                block = entry.component
-                kwargs = block.constructor_args | {k: v for k, v in update.items() if k not in ("value", "__type__")}
-                rebuilt = type(block)(**kwargs | {"render": False})
-                rows.append(postprocess_update_dict(rebuilt, dict(update), postprocess=True))
+            table[lang] = [encode(entry.component, update) for entry, update in zip(self.registry, self.relabel(lang))]
         literal = json.dumps(table, ensure_ascii=False).replace("</", "<\\/")
         return f"(lang) => {{ const table = {literal}; return table[lang] || table[{json.dumps(self.lang)}]; }}"
 
