@@ -189,9 +189,31 @@ def test_the_train_tab_timer_has_one_handler_and_it_runs_in_the_page(studio):
     assert not any(isinstance(c, gr.State) for c in inputs)  # a frontend-only event cannot read a State
 
 
+def test_the_timers_that_run_while_someone_watches_tick_in_the_page(studio):
+    """The hardware table (the Model tab, open when the page loads), the API server's status and the loop's
+    status refresh through app.ui.poll like the run monitor, and the tab switches that start and stop the
+    hardware timer run in the page too: none of them is a backend event."""
+    ctx, _ = studio
+    config = ctx.demo.config
+    by_output = {}
+    for d in config["dependencies"]:
+        if any(isinstance(ctx.demo.blocks.get(t[0]), gr.Timer) for t in d["targets"]):
+            for i in d["outputs"]:
+                by_output.setdefault(ctx.demo.blocks[i].elem_id, []).append(d)
+    for elem_id in ("model-hardware", "api-status", "loop-status", "train-status"):
+        ticks = [d for d in by_output[elem_id] if any(t[1] == "tick" for t in d["targets"])]
+        assert len(ticks) == 1 and ticks[0]["backend_fn"] is False and "ftstudio/poll/" in ticks[0]["js"], elem_id
+    hardware_timer = next(t[0] for d in by_output["model-hardware"] for t in d["targets"] if t[1] == "tick")
+    switches = [d for d in config["dependencies"] if d["outputs"] == [hardware_timer]
+                and any(t[1] == "select" for t in d["targets"])]
+    assert len(switches) == len(ctx.shared["tabs"]) and not any(d["backend_fn"] for d in switches)
+
+
 def test_the_poll_route_answers_the_tick_as_gradio_would_and_asks_for_the_password(studio):
     """The page's tick over HTTP, through the middleware the studio launches with: the monitor's outputs as
-    Gradio's update dicts (gr.skip() an empty one), and 401 without Gradio's login when there is a password."""
+    Gradio's update dicts (gr.skip() an empty one), kept in the page's Gradio session as a backend event's
+    are (a pick among choices only the page knew was refused), and 401 without Gradio's login when there
+    is a password."""
     import re
 
     from fastapi.testclient import TestClient
@@ -205,24 +227,31 @@ def test_the_poll_route_answers_the_tick_as_gradio_would_and_asks_for_the_passwo
                    if any(t[0] == monitor.timer._id and t[1] == "tick" for t in d["targets"]))
     name = re.search(r"ftstudio/poll/(\w+)", handler["js"]).group(1)
     values = [None] * len(handler["inputs"])
-    values[:3] = ["page", "old-run", "en"]  # key, run, language; the followers' inputs follow
-    client = TestClient(App.create_app(ctx.demo, app_kwargs=app_kwargs()))
-    first = client.post(f"/ftstudio/poll/{name}", json=values)
+    values[:3] = ["route-page", "old-run", "en"]  # key (a new page), run, language; the followers' inputs follow
+    app = App.create_app(ctx.demo, app_kwargs=app_kwargs())
+    client = TestClient(app)
+    session = app.state_holder["gradio-session"]  # the page's Gradio session, as its first event makes it
+    with pytest.raises(gr.Error, match="not in the list of choices"):
+        session[monitor.run._id].preprocess("old-run")  # what a pick checks: the page built with no runs
+    body = {"session": "gradio-session", "values": values}
+    first = client.post(f"/ftstudio/poll/{name}", json=body)
     assert first.status_code == 200, first.text
     sent = dict(zip(OUTPUTS, first.json()))
     assert all(update["__type__"] == "update" for update in first.json())
     assert "**old-run**" in sent["status"]["value"] and sent["table"]["value"]["data"][0][0] == "old-run"
     assert [row[0] for row in sent["loss"]["value"]["data"]][:5] == [1, 2, 3, 4, 5]  # the curve, from offset 0
-    again = dict(zip(OUTPUTS, client.post(f"/ftstudio/poll/{name}", json=values).json()))
+    assert sent["run"]["choices"] == [["old-run", "old-run"]]
+    assert session[monitor.run._id].preprocess("old-run") == "old-run"  # the session took the new choices
+    again = dict(zip(OUTPUTS, client.post(f"/ftstudio/poll/{name}", json=body).json()))
     assert again["status"] == again["loss"] == {"__type__": "update"}  # nothing new: skipped
-    assert client.post("/ftstudio/poll/nope", json=values).status_code == 404
-    assert client.post(f"/ftstudio/poll/{name}", json={"not": "a list"}).status_code == 500
+    assert client.post("/ftstudio/poll/nope", json=body).status_code == 404
+    assert client.post(f"/ftstudio/poll/{name}", json={"values": "not a list"}).status_code == 500
 
     ctx.demo.auth = [("ana", "secret")]
     locked = TestClient(App.create_app(ctx.demo, app_kwargs=app_kwargs()))
-    assert locked.post(f"/ftstudio/poll/{name}", json=values).status_code == 401
+    assert locked.post(f"/ftstudio/poll/{name}", json=body).status_code == 401
     assert locked.post("/login", data={"username": "ana", "password": "secret"}).status_code == 200
-    assert locked.post(f"/ftstudio/poll/{name}", json=values).status_code == 200
+    assert locked.post(f"/ftstudio/poll/{name}", json=body).status_code == 200
 
 
 def test_the_stage_curves_read_the_events_file_only_when_the_view_moved(studio, monkeypatch):

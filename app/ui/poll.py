@@ -11,7 +11,8 @@ where the value is missing or an empty update (which is what gr.skip() is).
 - `poll(timer, fn, inputs, outputs)` registers fn under a new name and wires timer.tick to PAGE_JS;
 - `PollRoute` (ASGI middleware, app.ui.idle.app_kwargs) answers POST .../ftstudio/poll/<name> with fn's
   return values, each as Gradio would send it (`encode`), after Gradio's own login check when the studio
-  has a password; fn runs in a worker thread;
+  has a password; fn runs in a worker thread; the updates also go to the page's Gradio session, as a
+  backend event's do (a dropdown whose choices only the page knew would refuse a new pick);
 - the page skips a tick whose request fails (studio restarted, network): the timer keeps ticking.
 """
 
@@ -28,8 +29,9 @@ from gradio.blocks import Block, postprocess_update_dict
 ROUTE = "/ftstudio/poll/"
 PAGE_JS = """async (...values) => {
   try {
+    const body = JSON.stringify({session: window.__gradio_session_hash__ || null, values});
     const response = await fetch(new URL("ftstudio/poll/NAME", window.location.href), {
-      method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(values)});
+      method: "POST", headers: {"Content-Type": "application/json"}, body});
     return response.ok ? await response.json() : [];
   } catch (error) {
     return [];
@@ -43,18 +45,32 @@ _lock = threading.Lock()
 log = logging.getLogger(__name__)
 
 
-def encode(block: Any, value: Any) -> dict[str, Any]:
+def encode(block: Any, value: Any, state: Any = None) -> dict[str, Any]:
     """`value` returned for output `block`, as Gradio sends it to the page (blocks.postprocess_data): an
-    update dict whose value is postprocessed by the block rebuilt with the update's other properties."""
+    update dict whose value is postprocessed by the block rebuilt with the update's other properties.
+
+    With the page's Gradio session `state`, the update is kept there as Gradio keeps a backend event's: a
+    later backend event checks its inputs against the session's copy of each component (a dropdown's value
+    against its choices), so choices sent only to the page would make picking a new one an error."""
+    is_update = isinstance(value, Block) or (isinstance(value, dict) and value.get("__type__") == "update")
     if isinstance(value, Block):
         value = {**value.constructor_args, "__type__": "update"}
-    if not (isinstance(value, dict) and value.get("__type__") == "update"):
+    if not is_update:
         value = {"__type__": "update", "value": value}
     update = {k: v for k, v in value.items() if k != "__type__" and (v is not None or k == "value")}
     if not update:
         return dict(SKIPPED)
-    kwargs = block.constructor_args | {k: v for k, v in update.items() if k != "value"} | {"render": False}
-    return postprocess_update_dict(type(block)(**kwargs), update, postprocess=True)
+    base = state.get(block._id, block) if state is not None else block
+    kwargs = base.constructor_args | {k: v for k, v in update.items() if k != "value"} | {"render": False}
+    rebuilt = type(block)(**kwargs)
+    sent = postprocess_update_dict(rebuilt, update, postprocess=True)
+    if state is not None:
+        if is_update:
+            state[block._id] = rebuilt
+            state._update_config(block._id)
+        if "value" in sent:
+            state._update_value_in_config(block._id, sent["value"])
+    return sent
 
 
 def poll(timer: Any, fn: Callable[..., Sequence[Any]], inputs: Sequence[Any], outputs: Sequence[Any]) -> str:
@@ -68,15 +84,20 @@ def poll(timer: Any, fn: Callable[..., Sequence[Any]], inputs: Sequence[Any], ou
     return name
 
 
-def answer(name: str, values: Any) -> list[dict[str, Any]]:
-    """What the route sends for a POST to handler `name` with the inputs' `values` (KeyError: no such name)."""
+def answer(name: str, body: Any, app: Any = None) -> list[dict[str, Any]]:
+    """What the route sends for a POST to handler `name` with body {"session": the page's Gradio session,
+    "values": the inputs' values} (KeyError: no such name); the session's state, when `app` holds it,
+    takes the updates (`encode`)."""
     fn, outputs = _handlers[name]
+    values = body.get("values") if isinstance(body, dict) else None
     if not isinstance(values, list):
-        raise ValueError("the body must be a JSON list of the inputs' values")
+        raise ValueError('the body must be {"session": ..., "values": [the inputs\' values]}')
     results = list(fn(*values))
     if len(results) != len(outputs):
         raise ValueError(f"handler {name} returned {len(results)} values for {len(outputs)} outputs")
-    return [encode(block, value) for block, value in zip(outputs, results)]
+    holder, session = getattr(app, "state_holder", None), body.get("session")
+    state = holder[session] if holder is not None and isinstance(session, str) and session in holder else None
+    return [encode(block, value, state) for block, value in zip(outputs, results)]
 
 
 def logged_in(app: Any, cookies: dict[str, str]) -> bool:
@@ -115,9 +136,8 @@ class PollRoute:
             status, body = 404, b'{"error": "no such handler"}'
         else:
             try:
-                values = orjson.loads(await request.body())
-                status, body = 200, orjson.dumps(await anyio.to_thread.run_sync(answer, name, values),
-                                                 option=orjson.OPT_SERIALIZE_NUMPY, default=str)
+                sent = await anyio.to_thread.run_sync(answer, name, orjson.loads(await request.body()), scope.get("app"))
+                status, body = 200, orjson.dumps(sent, option=orjson.OPT_SERIALIZE_NUMPY, default=str)
             except Exception as exc:  # noqa: BLE001 - the page skips this tick; the log says why
                 log.exception("poll handler %s failed", name)
                 status, body = 500, orjson.dumps({"error": str(exc)})

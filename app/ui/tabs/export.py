@@ -16,6 +16,7 @@ from app.ui.context import StudioContext, model_name
 from app.ui.eval_export import build_gguf_eval
 from app.ui.export_report import QUANT_CHOICES, default_output, error_markdown, report_markdown
 from app.ui.export_server import ApiServer, ServerError, ServerStatus, curl_example
+from app.ui.poll import poll
 from app.ui.tabs.chat import finished_runs
 from app.ui.tabs.export_hub import build_hub
 from app.ui.tabs.loop import build as build_loop
@@ -194,7 +195,7 @@ def build_api(ctx: StudioContext, lang: Any) -> None:
 
     def show() -> tuple[str, str, Any]:
         current = server.status()
-        return status_markdown(current), current.log_tail, gr.Timer(active=current.state == "starting")
+        return status_markdown(current), current.log_tail, gr.update(active=current.state == "starting")
 
     def on_load(chosen: list[str] | None, lang_: str, src: str, where: str) -> tuple[Any, ...]:
         found = finished_runs(ctx)
@@ -205,7 +206,7 @@ def build_api(ctx: StudioContext, lang: Any) -> None:
     load_outputs = [adapters, base, status, log, timer]
     for event in (ctx.shared["tabs"]["export"].select,):
         event(on_load, [adapters, lang, *ctx.model_inputs()], load_outputs, show_progress="hidden", **PRIVATE)
-    timer.tick(show, None, [status, log, timer], show_progress="hidden", **PRIVATE)
+    poll(timer, show, [], [status, log, timer])  # ticks in the page (app.ui.poll): no Gradio event per tick
 
     def on_start(chosen: list[str] | None, host_: str, port_: float | None, key_: str, engine: str, gguf_: str,
                  follow_: bool, src: str, where: str) -> tuple[str, str, Any]:

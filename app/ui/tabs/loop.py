@@ -26,6 +26,7 @@ from app.loop.history import LoopError
 from app.loop.report import COLUMNS, history_rows, status_lines
 from app.ui.context import StudioContext, model_name
 from app.ui.export_server import ApiServer
+from app.ui.poll import poll
 from app.ui.tabs.chat import finished_runs
 from app.ui.tabs.loop_strings import STRINGS
 
@@ -180,7 +181,7 @@ def build(ctx: StudioContext) -> None:
         note = ctx.t("loop.msg.checking", lang_) if _running(ctx) else _last.get(ctx.runs_dir, gr.skip())
         return (*shown, note)
 
-    timer.tick(tick, lang, [*outputs, message], show_progress="hidden", **PRIVATE)
+    poll(timer, tick, [lang], [*outputs, message])  # ticks in the page (app.ui.poll): no Gradio event per tick
 
     def on_save(lang_: str, src: str, where: str, *values: Any) -> str:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,7 @@ from app.ui.components import field_group
 from app.ui.context import MODEL_SOURCES, StudioContext, model_name
 from app.ui.forms import estimate_job, form_fields
 from app.ui.i18n_train import RUN_STRINGS
+from app.ui.poll import poll
 
 HARDWARE_REFRESH_S = 5.0
 
@@ -80,9 +82,8 @@ def build(ctx: StudioContext) -> None:
                                 interactive=False, wrap_lines=True, elem_id="model-template")
     with ctx.make(gr.Accordion, "model.hardware", open=True):
         hardware = gr.Markdown(hardware_markdown(ctx.hardware(), tr(ctx.lang)), elem_id="model-hardware")
-    timer = gr.Timer(HARDWARE_REFRESH_S)
-    timer.tick(lambda lang: hardware_markdown(ctx.hardware(), tr(lang)), inputs=ctx.shared["lang"], outputs=hardware,
-               show_progress="hidden", queue=False, api_visibility="private")
+    timer = gr.Timer(HARDWARE_REFRESH_S)  # ticks in the page (app.ui.poll): no Gradio event per refresh
+    poll(timer, lambda lang: [hardware_markdown(ctx.hardware(), tr(lang))], [ctx.shared["lang"]], [hardware])
 
     def pick_source(choice: str) -> Any:
         return gr.update(interactive=choice != "embedded")
@@ -115,8 +116,9 @@ def build(ctx: StudioContext) -> None:
         form.on([load.click, path.submit], load_info, [ctx.shared["lang"]], [info, template], api_visibility="private")
         # The hardware table refreshes only while it is on screen: a hidden tab's timer would still cost
         # the browser and the studio a round trip every few seconds, next to a training run.
+        # Switched in the page: a backend event per tab switch would leave the timer in Gradio's loading-status table.
         for name, tab in ctx.shared.get("tabs", {}).items():
-            tab.select(lambda on=name == "model": gr.Timer(active=on), None, timer, queue=False,
+            tab.select(None, None, timer, js=f"() => ({{__type__: 'update', active: {json.dumps(name == 'model')}}})",
                        show_progress="hidden", api_visibility="private")
 
     ctx.after_build(wire)
