@@ -136,7 +136,8 @@ class PollRoute:
             status, body = 404, b'{"error": "no such handler"}'
         else:
             try:
-                sent = await anyio.to_thread.run_sync(answer, name, orjson.loads(await request.body()), scope.get("app"))
+                body_in = orjson.loads(await request.body())
+                sent = await anyio.to_thread.run_sync(answer, name, body_in, scope.get("app"))
                 status, body = 200, orjson.dumps(sent, option=orjson.OPT_SERIALIZE_NUMPY, default=str)
             except Exception as exc:  # noqa: BLE001 - the page skips this tick; the log says why
                 log.exception("poll handler %s failed", name)
