@@ -62,6 +62,7 @@ def build_stage_curves(ctx: StudioContext, monitor: Any) -> None:
                            value=None, visible=False, elem_id="train-metrics")
         lengths = ctx.make(gr.LinePlot, "train.lengths", x="step", y="value", value=None, visible=False,
                            elem_id="train-lengths")
+
     def refresh(name: str | None, sig: Any) -> tuple[Any, Any, Any]:
         """(metrics plot, lengths plot, what is now drawn)."""
         stage, events, offset = _events(ctx, name)
