@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, Studio  # noqa: E402
+from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, Studio, set_value  # noqa: E402
 
 JOB = {"dataset": "identity", "cutoff_len": 256, "per_device_train_batch_size": 2,
        "gradient_accumulation_steps": 1, "learning_rate": 5e-4, "logging_steps": 1, "save_steps": 1000,
@@ -107,6 +107,26 @@ def watcher_cpu(studio: Studio) -> dict[str, float]:
     return {"studio": cpu(psutil.Process(studio.proc.pid)), "chromium": sum(cpu(p) for p in chromium)}
 
 
+def run_queued(repo: Path, root: Path, studio: Studio, name: str, steps: int) -> float:
+    """The job queued with `ftstudio runs submit` while the studio runs with no page open: the worker starts
+    as a browser-started one does (app.jobs.manager), so this side separates the start from the watching."""
+    settle()
+    job = root / f"{name}.yaml"
+    keys = JOB | {"max_steps": steps, "dataset_dir": str(root / "datasets"), "output_dir": str(studio.runs / name)}
+    job.write_text("".join(f"{k}: {v}\n" for k, v in keys.items()))
+    subprocess.run([sys.executable, "-m", "app.cli", "runs", "--runs-dir", str(studio.runs), "submit", str(job)],
+                   cwd=root, env=env_for(repo), check=True, stdout=subprocess.DEVNULL)
+    state_file, deadline = studio.runs / name / "state.json", time.time() + 1800
+    while time.time() < deadline:
+        state = json.loads(state_file.read_text()) if state_file.exists() else {}
+        if state.get("state") in ("finished", "failed", "stopped"):
+            break
+        time.sleep(1)
+    if state.get("state") != "finished":
+        raise RuntimeError(f"queued run {name} ended {state}")
+    return tokens_per_s(studio.runs / name)
+
+
 def same_job(cli_run: Path, ui_run: Path) -> None:
     """Both sides must train the same job: the keys where the browser's job.yaml differs from the CLI's."""
     import yaml
@@ -128,14 +148,12 @@ def run_browser(browser, studio: Studio, name: str, steps: int, costs: list[dict
     page.wait_for_selector("#group-basic")
     fields = {k: v for k, v in JOB.items() if k not in ("dataset", "save_steps", "logging_steps")}
     for key, value in (fields | {"max_steps": steps}).items():
-        box = page.locator(f"#field-{key} input, #field-{key} textarea").first
-        box.fill(str(value))
-        box.press("Tab")
+        set_value(page, f"field-{key}", value)
     page.get_by_text("Advanced", exact=True).click()
+    page.wait_for_timeout(500)  # a field of an accordion just opened can take its initial value back once
     for key, value in (("logging_steps", 1), ("save_steps", 1000), ("output_dir", name)):
-        box = page.locator(f"#field-{key} input, #field-{key} textarea").first
-        box.fill(str(value))
-        box.press("Tab")
+        set_value(page, f"field-{key}", value)
+    page.wait_for_timeout(5_000)  # the memory estimate and other replies to the typing settle first
     idle_cpu, idle_t = watcher_cpu(studio), time.time()  # the same page with nothing running: the floor
     page.wait_for_timeout(10_000)
     idle_end = watcher_cpu(studio)
@@ -166,6 +184,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--repo", type=Path, default=REPO, help="checkout whose studio and worker run")
+    parser.add_argument("--queued", action="store_true",
+                        help="a third run per round: queued with `ftstudio runs submit`, no page open")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a kill still stops the studio and its workers
     import browser_support
@@ -175,7 +195,7 @@ def main() -> int:
     browser_support.REPO = repo  # the studio subprocess (and the workers it starts) run this checkout
     root = Path(tempfile.mkdtemp(prefix="ftstudio-ui-overhead-"))
     studio = Studio(root)
-    cli, ui, costs = [], [], []
+    cli, ui, costs, queued = [], [], [], []
     try:
         studio.start()
         with sync_playwright() as play:
@@ -186,6 +206,10 @@ def main() -> int:
                       flush=True)
                 ui.append(run_browser(browser, studio, f"ui-{i}", args.steps, costs))
                 same_job(root / "runs" / f"cli-{i}", studio.runs / f"ui-{i}")
+                if args.queued:
+                    queued.append(run_queued(repo, root, studio, f"queued-{i}", args.steps))
+                    print(f"round {i + 1}: queued   {queued[-1]:7.1f} tokens/s   (no page; "
+                          f"{omp_policy(studio.runs / f'queued-{i}')})", flush=True)
                 cost = costs[-1] if costs else {}
                 print(f"round {i + 1}: browser  {ui[-1]:7.1f} tokens/s   watching used: studio "
                       f"{cost.get('studio', 0):.3f} cores, Chromium {cost.get('chromium', 0):.3f} cores   "
@@ -200,6 +224,9 @@ def main() -> int:
           f"browser mean {statistics.mean(ui):7.1f} tokens/s  {[round(x, 1) for x in ui]}\n"
           f"browser / CLI = {ratio:.3f}  ({abs(1 - ratio) * 100:.1f}% {'slower' if ratio < 1 else 'faster'} with the "
           f"Train tab open)")
+    if queued:
+        print(f"queued  mean {statistics.mean(queued):7.1f} tokens/s  {[round(x, 1) for x in queued]}  "
+              f"(queued / CLI = {statistics.mean(queued) / statistics.mean(cli):.3f})")
     if costs:
         studio_cores = statistics.mean(c["studio"] for c in costs)
         chromium_cores = statistics.mean(c["chromium"] for c in costs)
