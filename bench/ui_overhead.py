@@ -1,7 +1,7 @@
 """Does watching a run in the browser slow it down? The same short job from the CLI and from the Train
 tab with the page open (live curve, status line, run table), one after the other, interleaved.
 
-    .venv/bin/python bench/ui_overhead.py [--steps 24] [--repeat 2] [--repo PATH]
+    .venv/bin/python bench/ui_overhead.py [--steps 24] [--repeat 2] [--repo PATH] [--queued]
 
 Each round: `ftstudio train job.yaml` in a child process (the studio paused, as if not running), then the same job
 started by clicking Start in headless Chromium (Playwright + /usr/bin/chromium) with the Train tab left
@@ -11,7 +11,8 @@ from its events.jsonl (tokens trained between the third logged step and the last
 their means, and the ratio browser / CLI; and, since on a shared machine tokens/s drift more than the
 effect being measured, the CPU the watching itself costs: CPU seconds used by the studio process
 (without its workers) and by Chromium while the run trains, per second of training, in cores.
-`--repo` runs the studio (and the worker) from another
+`--queued` adds a third run per round, queued with `ftstudio runs submit` and no page open (the worker starts
+as a browser-started one does). `--repo` runs the studio (and the worker) from another
 checkout, e.g. the code before a change, for a before/after on the same machine.
 
 The machine is shared and its speed drifts: rounds alternate CLI and browser, and repeat; each run starts
