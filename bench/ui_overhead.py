@@ -84,10 +84,16 @@ def run_cli(repo: Path, root: Path, name: str, steps: int, studio: Studio) -> fl
         os.kill(studio.proc.pid, signal.SIGCONT)
 
 
-def _run_cli(repo: Path, root: Path, name: str, steps: int) -> float:
+def write_job(root: Path, name: str, steps: int, output_dir: Path) -> Path:
+    """The bench's job as a YAML file for the CLI sides (the browser side types the same keys)."""
     job = root / f"{name}.yaml"
-    keys = JOB | {"max_steps": steps, "dataset_dir": str(root / "datasets"), "output_dir": str(root / "runs" / name)}
+    keys = JOB | {"max_steps": steps, "dataset_dir": str(root / "datasets"), "output_dir": str(output_dir)}
     job.write_text("".join(f"{k}: {v}\n" for k, v in keys.items()))
+    return job
+
+
+def _run_cli(repo: Path, root: Path, name: str, steps: int) -> float:
+    job = write_job(root, name, steps, root / "runs" / name)
     subprocess.run([sys.executable, "-m", "app.cli", "train", str(job)], cwd=root, env=env_for(repo), check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return tokens_per_s(root / "runs" / name)
@@ -112,9 +118,7 @@ def run_queued(repo: Path, root: Path, studio: Studio, name: str, steps: int) ->
     """The job queued with `ftstudio runs submit` while the studio runs with no page open: the worker starts
     as a browser-started one does (app.jobs.manager), so this side separates the start from the watching."""
     settle()
-    job = root / f"{name}.yaml"
-    keys = JOB | {"max_steps": steps, "dataset_dir": str(root / "datasets"), "output_dir": str(studio.runs / name)}
-    job.write_text("".join(f"{k}: {v}\n" for k, v in keys.items()))
+    job = write_job(root, name, steps, studio.runs / name)
     subprocess.run([sys.executable, "-m", "app.cli", "runs", "--runs-dir", str(studio.runs), "submit", str(job)],
                    cwd=root, env=env_for(repo), check=True, stdout=subprocess.DEVNULL)
     state_file, deadline = studio.runs / name / "state.json", time.time() + 1800
@@ -207,14 +211,14 @@ def main() -> int:
                       flush=True)
                 ui.append(run_browser(browser, studio, f"ui-{i}", args.steps, costs))
                 same_job(root / "runs" / f"cli-{i}", studio.runs / f"ui-{i}")
-                if args.queued:
-                    queued.append(run_queued(repo, root, studio, f"queued-{i}", args.steps))
-                    print(f"round {i + 1}: queued   {queued[-1]:7.1f} tokens/s   (no page; "
-                          f"{omp_policy(studio.runs / f'queued-{i}')})", flush=True)
                 cost = costs[-1] if costs else {}
                 print(f"round {i + 1}: browser  {ui[-1]:7.1f} tokens/s   watching used: studio "
                       f"{cost.get('studio', 0):.3f} cores, Chromium {cost.get('chromium', 0):.3f} cores   "
                       f"({omp_policy(studio.runs / f'ui-{i}')})", flush=True)
+                if args.queued:
+                    queued.append(run_queued(repo, root, studio, f"queued-{i}", args.steps))
+                    print(f"round {i + 1}: queued   {queued[-1]:7.1f} tokens/s   (no page; "
+                          f"{omp_policy(studio.runs / f'queued-{i}')})", flush=True)
             browser.close()
     finally:
         studio.stop()

@@ -114,9 +114,9 @@ def build(ctx: StudioContext) -> None:
         form = ctx.shared["form"]  # (source, path, *every field), packed in the page (app.ui.idle.Pack)
         assert form.inputs == [source, path, *(ctx.fields[n] for n in form_fields())]
         form.on([load.click, path.submit], load_info, [ctx.shared["lang"]], [info, template], api_visibility="private")
-        # The hardware table refreshes only while it is on screen: a hidden tab's timer would still cost
-        # the browser and the studio a round trip every few seconds, next to a training run.
-        # Switched in the page: a backend event per tab switch would leave the timer in Gradio's loading-status table.
+        # The hardware table refreshes only while it is on screen (a hidden tab's timer would still cost a
+        # round trip every few seconds, next to a training run), switched in the page: a backend event per tab
+        # switch would leave the timer in Gradio's loading-status table.
         for name, tab in ctx.shared.get("tabs", {}).items():
             tab.select(None, None, timer, js=f"() => ({{__type__: 'update', active: {json.dumps(name == 'model')}}})",
                        show_progress="hidden", api_visibility="private")

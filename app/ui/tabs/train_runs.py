@@ -145,18 +145,18 @@ class Monitor:
         pickers = (skip, skip) if choices == old_choices else (gr.update(choices=choices), gr.update(choices=choices))
         return frame, (shape, choices, full), *pickers, active, names
 
-    def _read(self, view: plots.LiveView | None, name: str | None) -> tuple[plots.LiveView, bool]:
+    def _read(self, view: plots.LiveView | None, name: str | None) -> plots.LiveView:
+        """`view` with run `name`'s new events fed in (a fresh view for another run)."""
         if view is None or view.run != name:
             view = plots.LiveView(run=name, selected_at=time.monotonic())
         if not name:
-            return view, True
+            return view
         try:
             run = self.ctx.manager.run(name)
         except KeyError:
-            return plots.LiveView(run=None), True
-        events, offset = run.events.read_from(view.offset)
-        fresh = view.offset == 0
-        return view, view.feed(events, offset) or fresh
+            return plots.LiveView(run=None)
+        view.feed(*run.events.read_from(view.offset))
+        return view
 
     def _status(self, view: plots.LiveView, lang: str) -> tuple[str, Any, bool]:
         """(status line, log box update, whether the run has ended)."""
@@ -180,7 +180,7 @@ class Monitor:
         if name not in names:
             found = self.ctx.manager.active()
             name = found.name if found else (names[0] if names else None)
-        view, _ = self._read(None, name)
+        view = self._read(None, name)
         status, log, _ = self._status(view, lang)
         view.plotted_at, view.status = time.monotonic(), status
         view.plotted_offset = view.offset
@@ -200,7 +200,7 @@ class Monitor:
         table, new_sig, run_choices, compare_choices, active, names = self._table(session.sig, lang, numbers_due=due)
         if name not in names:
             return self.show(key, name, lang=lang)
-        view, changed = self._read(before, name)
+        view = self._read(before, name)
         status, log, ended = self._status(view, lang)
         skip = gr.skip()
         status_out = skip if status == view.status else status
