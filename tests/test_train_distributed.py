@@ -177,6 +177,17 @@ def group_alive(pgid: int) -> list[int]:
     return alive
 
 
+def test_a_signalled_launcher_reads_as_stopped_in_either_accelerate():
+    """torch's elastic agent raises SignalException on Stop; accelerate 1.16 turns it into SystemExit(143).
+    Both are a stop; a rank's failure (SystemExit(1), ChildFailedError) is not."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from app.train.worker import _signalled
+
+    assert _signalled(SignalException("stop", 15)) and _signalled(SystemExit(143)) and _signalled(SystemExit(130))
+    assert not _signalled(SystemExit(1)) and not _signalled(RuntimeError("rank 1 failed"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_cpu_processes_train_once_and_stop_together(strategy, tiny, single_process_run, tmp_path):

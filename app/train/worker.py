@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import traceback
 from pathlib import Path
 
@@ -105,9 +106,18 @@ def _lead(job: JobConfig, run: RunFolder, plan, ctx: RunContext) -> tuple[str, s
         return (rank_state or "failed"), rank_error if rank_state else "rank 0 ended without reporting"
     if rank_state == "failed":
         return "failed", rank_error
-    if ctx.stop.requested or type(failure).__name__ == "SignalException":
+    if ctx.stop.requested or _signalled(failure):
         return "stopped", None
     return "failed", f"a training process failed ({_short(failure)}); see worker.log"
+
+
+def _signalled(failure: BaseException) -> bool:
+    """Whether the launcher ended because it was signalled (Stop), not because a rank failed: torch's
+    elastic agent raises SignalException; accelerate >= 1.16 turns that into SystemExit(128 + signal)."""
+    if type(failure).__name__ == "SignalException":
+        return True
+    stops = {128 + sig for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    return isinstance(failure, SystemExit) and failure.code in stops
 
 
 def _short(exc: BaseException) -> str:
