@@ -10,7 +10,7 @@ PORT   ?= 7860
 export GRADIO_ANALYTICS_ENABLED = False
 export HF_HUB_DISABLE_TELEMETRY = 1
 
-.PHONY: studio test setup browser lint bench bench-lf gpu-check bench-export bench-api bench-eval bench-ui gguf-quant clean
+.PHONY: studio test setup browser lint bench bench-lf gpu-check bench-export bench-api bench-eval bench-ui bench-ui-ab gguf-quant clean
 
 setup: $(STAMP)
 
@@ -60,6 +60,10 @@ bench-eval: $(STAMP)
 
 bench-ui: $(STAMP)
 	$(PY) bench/ui_overhead.py
+
+# Watching against not watching inside one run (ABBA windows): resolves what whole runs' drift hides.
+bench-ui-ab: $(STAMP)
+	$(PY) bench/ui_watch_ab.py $(BENCH_ARGS)
 
 # Optional: K-quant GGUF (q4_k_m, q5_k_m, ...) and the llama.cpp fidelity backend. A 4-5 minute
 # compile on 2 cores. Not -march=native: that enables AMX, which some VMs do not, and then every

@@ -155,6 +155,33 @@ def test_frames_keep_numeric_axes_and_every_series():
     assert anchored[anchored.series == "eval"][["step", "loss"]].values.tolist() == [[3, 2.0]]
 
 
+def test_long_runs_send_a_thinned_curve_that_keeps_its_points_as_it_grows():
+    """A run logging every step sends at most ~MAX_POINTS per curve: every stride-th logged value (real
+    values, no averaging), the newest always, and the same points from one tick to the next."""
+    from app.ui.stage_plots import metrics_frame
+
+    def logs(n):
+        return [{"kind": "log", "step": s, "loss": 10.0 / s, "lr": 1e-4, "reward": float(s)} for s in range(1, n + 1)]
+
+    short = plots.LiveView()
+    short.feed(logs(plots.MAX_POINTS), 0)
+    assert plots.loss_frame(short).query("series == 'train'").step.tolist() == list(range(1, plots.MAX_POINTS + 1))
+    frames = []
+    for n in (1002, 1003):
+        view = plots.LiveView()
+        view.feed(logs(n), 0)
+        train = plots.loss_frame(view).query("series == 'train'")
+        assert len(train) <= plots.MAX_POINTS + 1 and train.step.iloc[-1] == n  # the newest step is on screen
+        assert train.loss.tolist() == [10.0 / s for s in train.step]  # logged values, not averages
+        assert len(plots.lr_frame(view)) == len(train)
+        frames.append(train.step.tolist()[:-1])
+    assert frames[0] == frames[1] == list(range(1, 1002, 8))  # 200 points: stride 8, the same on the next tick
+    compare = plots.compare_frame({"a": logs(1002), "b": logs(3)})
+    assert compare.groupby("run").size().to_dict() == {"a": len(frames[0]) + 1, "b": 3}
+    reward = metrics_frame("grpo", [{"kind": "stage", "name": "training"}, *logs(1002)])
+    assert reward.step.tolist()[-1] == 1002 and len(reward) == len(frames[0]) + 1
+
+
 def test_compare_and_runs_frames():
     a = [{"kind": "log", "step": 1, "loss": 2.0, "lr": 1.0}]
     b = [{"kind": "log", "step": 1, "loss": 3.0, "lr": 1.0}, {"kind": "log", "step": 2, "loss": 2.5, "lr": 1.0}]

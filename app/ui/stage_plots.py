@@ -16,6 +16,8 @@ from typing import Any
 
 import pandas as pd
 
+from app.ui.plots import thin
+
 COLUMNS = ["step", "value", "series"]
 SERIES: dict[str, tuple[str, ...]] = {
     "dpo": ("rewards_margins", "rewards_accuracies", "log_odds_ratio"),
@@ -56,7 +58,9 @@ def metrics_frame(stage: str | None, events: list[dict[str, Any]]) -> pd.DataFra
         for name in names:
             if isinstance(event.get(name), (int, float)):
                 by_key[(int(event["step"]), name)] = float(event[name])
-    rows = [{"step": s, "value": v, "series": n} for (s, n), v in sorted(by_key.items())]
+    rows = []
+    for name in names:  # each series thinned for the page as the loss curve is
+        rows += thin([{"step": s, "value": v, "series": n} for (s, n), v in sorted(by_key.items()) if n == name])
     return _typed(rows)
 
 
@@ -64,4 +68,4 @@ def length_frame(events: list[dict[str, Any]]) -> pd.DataFrame:
     """GRPO's mean completion length per step (tokens)."""
     by_step = {int(e["step"]): float(e[LENGTH]) for e in events
                if e.get("kind") == "log" and not e.get("final") and isinstance(e.get(LENGTH), (int, float))}
-    return _typed([{"step": s, "value": v, "series": "completion length"} for s, v in sorted(by_step.items())])
+    return _typed(thin([{"step": s, "value": v, "series": "completion length"} for s, v in sorted(by_step.items())]))
