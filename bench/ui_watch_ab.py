@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, Studio  # noqa: E402
+from browser_support import VIEWPORT, Studio, chromium_browser, running_studio  # noqa: E402
 from ui_overhead import env_for, settle, watcher_cpu, write_job  # noqa: E402
 
 ABBA = (True, False, False, True)  # watching, not, not, watching
@@ -89,47 +87,36 @@ def main() -> int:
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     import browser_support
-    from playwright.sync_api import sync_playwright
 
     repo = args.repo.resolve()
     browser_support.REPO = repo
-    root = Path(tempfile.mkdtemp(prefix="ftstudio-ui-watch-ab-"))
-    studio, name = Studio(root), "watched"
     windows: list[dict] = []
-    try:
-        studio.start()
+    with running_studio("ftstudio-ui-watch-ab-") as studio, chromium_browser() as browser:
         settle()
-        job = write_job(root, name, 100_000, studio.runs / name)  # stopped when the windows are done
+        name, run = "watched", studio.runs / "watched"
+        job = write_job(studio.root, name, 100_000, run)  # stopped with the studio when the windows are done
         subprocess.run([sys.executable, "-m", "app.cli", "runs", "--runs-dir", str(studio.runs), "submit", str(job)],
-                       cwd=root, env=env_for(repo), check=True, stdout=subprocess.DEVNULL)
-        run = studio.runs / name
+                       cwd=studio.root, env=env_for(repo), check=True, stdout=subprocess.DEVNULL)
         wait_training(run)
-        with sync_playwright() as play:
-            browser = play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = None
-            for block in range(args.blocks):
-                for watching in ABBA:
-                    if watching and page is None:
-                        page = open_train_tab(browser, studio, name)
-                    elif not watching and page is not None:
-                        page.close()
-                        page = None
-                    time.sleep(args.gap)
-                    cpu0, t0 = watcher_cpu(studio), time.time()
-                    time.sleep(args.window)
-                    cpu1, t1 = watcher_cpu(studio), time.time()
-                    rate, step = window_rate(run, t0, t1)
-                    window = {"block": block, "watching": watching, "tokens_s": rate, "step": step} | {
-                        k: (cpu1[k] - cpu0[k]) / (t1 - t0) for k in cpu1}
-                    windows.append(window)
-                    print(f"block {block + 1} {'watching' if watching else 'no page ':8}  "
-                          f"{window['tokens_s']:7.1f} tokens/s   studio {window['studio']:.3f} cores, "
-                          f"Chromium {window['chromium']:.3f} cores   (to step {step})", flush=True)
-            browser.close()
-    finally:
-        studio.stop()
-        studio.kill_workers()
-        shutil.rmtree(root, ignore_errors=True)
+        page = None
+        for block in range(args.blocks):
+            for watching in ABBA:
+                if watching and page is None:
+                    page = open_train_tab(browser, studio, name)
+                elif not watching and page is not None:
+                    page.close()
+                    page = None
+                time.sleep(args.gap)
+                cpu0, t0 = watcher_cpu(studio), time.time()
+                time.sleep(args.window)
+                cpu1, t1 = watcher_cpu(studio), time.time()
+                rate, step = window_rate(run, t0, t1)
+                window = {"block": block, "watching": watching, "tokens_s": rate, "step": step} | {
+                    k: (cpu1[k] - cpu0[k]) / (t1 - t0) for k in cpu1}
+                windows.append(window)
+                print(f"block {block + 1} {'watching' if watching else 'no page ':8}  "
+                      f"{window['tokens_s']:7.1f} tokens/s   studio {window['studio']:.3f} cores, "
+                      f"Chromium {window['chromium']:.3f} cores   (to step {step})", flush=True)
     report(windows, repo)
     return 0
 
