@@ -89,8 +89,8 @@ def _dedupe(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
 def thin(rows: list[dict[str, Any]], limit: int = MAX_POINTS) -> list[dict[str, Any]]:
     """At most about `limit` of the rows, for a curve: every stride-th one (a power of two, so the points
     kept stay the same as the run grows, until it doubles) and the newest. A plot a few hundred pixels
-    wide shows no more, and the page's cost of redrawing grows with the points it is sent (a run logging
-    every step: Chromium 0.03 cores while watching at step 100, 0.06 at step 350; `bench/ui_watch_ab.py`)."""
+    wide shows no more, and the page's cost of redrawing grows with the points it is sent (a page left open
+    on a run logging every step: Chromium 0.034 cores, 0.054 a hundred steps later; `bench/ui_watch_ab.py`)."""
     stride = 1
     while len(rows) > limit * stride:
         stride *= 2
