@@ -114,13 +114,19 @@ def watcher_cpu(studio: Studio) -> dict[str, float]:
     return {"studio": cpu(psutil.Process(studio.proc.pid)), "chromium": sum(cpu(p) for p in chromium)}
 
 
+def submit(repo: Path, root: Path, studio: Studio, name: str, steps: int) -> Path:
+    """Queue the bench's job with `ftstudio runs submit` into the running studio's runs folder; its run folder."""
+    job = write_job(root, name, steps, studio.runs / name)
+    subprocess.run([sys.executable, "-m", "app.cli", "runs", "--runs-dir", str(studio.runs), "submit", str(job)],
+                   cwd=root, env=env_for(repo), check=True, stdout=subprocess.DEVNULL)
+    return studio.runs / name
+
+
 def run_queued(repo: Path, root: Path, studio: Studio, name: str, steps: int) -> float:
     """The job queued with `ftstudio runs submit` while the studio runs with no page open: the worker starts
     as a browser-started one does (app.jobs.manager), so this side separates the start from the watching."""
     settle()
-    job = write_job(root, name, steps, studio.runs / name)
-    subprocess.run([sys.executable, "-m", "app.cli", "runs", "--runs-dir", str(studio.runs), "submit", str(job)],
-                   cwd=root, env=env_for(repo), check=True, stdout=subprocess.DEVNULL)
+    submit(repo, root, studio, name, steps)
     state_file, deadline = studio.runs / name / "state.json", time.time() + 1800
     while time.time() < deadline:
         state = json.loads(state_file.read_text()) if state_file.exists() else {}

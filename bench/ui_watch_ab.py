@@ -22,7 +22,6 @@ import argparse
 import json
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from browser_support import VIEWPORT, Studio, chromium_browser, running_studio  # noqa: E402
-from ui_overhead import env_for, settle, watcher_cpu, write_job  # noqa: E402
+from ui_overhead import settle, submit, watcher_cpu  # noqa: E402
 
 ABBA = (True, False, False, True)  # watching, not, not, watching
 
@@ -93,10 +92,8 @@ def main() -> int:
     windows: list[dict] = []
     with running_studio("ftstudio-ui-watch-ab-") as studio, chromium_browser() as browser:
         settle()
-        name, run = "watched", studio.runs / "watched"
-        job = write_job(studio.root, name, 100_000, run)  # stopped with the studio when the windows are done
-        subprocess.run([sys.executable, "-m", "app.cli", "runs", "--runs-dir", str(studio.runs), "submit", str(job)],
-                       cwd=studio.root, env=env_for(repo), check=True, stdout=subprocess.DEVNULL)
+        name = "watched"
+        run = submit(repo, studio.root, studio, name, 100_000)  # stopped with the studio when the windows are done
         wait_training(run)
         page = None
         for block in range(args.blocks):

@@ -58,10 +58,10 @@ def metrics_frame(stage: str | None, events: list[dict[str, Any]]) -> pd.DataFra
         for name in names:
             if isinstance(event.get(name), (int, float)):
                 by_key[(int(event["step"]), name)] = float(event[name])
-    rows = []
-    for name in names:  # each series thinned for the page as the loss curve is
-        rows += thin([{"step": s, "value": v, "series": n} for (s, n), v in sorted(by_key.items()) if n == name])
-    return _typed(rows)
+    series: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for (step, name), value in sorted(by_key.items()):
+        series[name].append({"step": step, "value": value, "series": name})
+    return _typed([row for rows in series.values() for row in thin(rows)])  # thinned as the loss curve is
 
 
 def length_frame(events: list[dict[str, Any]]) -> pd.DataFrame:
