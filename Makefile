@@ -6,6 +6,8 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 7860
+# make test: pytest processes (pytest-xdist, tests/conftest.py); 0 = all in one
+TEST_WORKERS ?= 2
 
 export GRADIO_ANALYTICS_ENABLED = False
 export HF_HUB_DISABLE_TELEMETRY = 1
@@ -33,7 +35,8 @@ browser:
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
 
 test: $(STAMP) browser
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs --durations=30 $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs --durations=30 -n $(TEST_WORKERS) --dist loadfile \
+	  --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check app tests bench scripts

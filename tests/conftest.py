@@ -14,6 +14,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs the suite in two processes (pytest-xdist) on the build machine's two cores: each, and
+    # every worker or server it starts, computes on one thread, so no OpenMP thread waits for a partner
+    # that the other test process pre-empted (app/train/threads.py). Set before anything loads torch.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 REPO = Path(__file__).resolve().parents[1]
@@ -89,8 +94,38 @@ def pytest_runtest_makereport(item, call):
             report.longrepr = f"the embedded model is required and unavailable: {reason}"
 
 
+# -- the suite on two processes (`make test`: pytest -n 2 --dist loadfile --no-loadscope-reorder) ----------
+# Each test file is one unit of work, so its module fixtures (a studio, a browser, an API server) start
+# once; the two files that share the session's identity run are one unit, so it is trained once. The
+# longest units go first, so that neither process is left with one of them at the end while the other idles.
+SHARED_UNITS = {"test_train_identity": "identity", "test_eval_identity": "identity"}
+LONGEST_FIRST = ("identity", "test_loop_e2e", "test_reliability_crash", "test_families", "test_train_methods",
+                 "test_ui_browser", "test_loop_browser", "test_ui_chat_export", "test_export_gguf", "test_jobs")
+
+
+def unit_of_work(nodeid: str) -> str:
+    module = Path(nodeid.split("::")[0]).stem
+    return SHARED_UNITS.get(module, module)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's per-file scheduling with the units above (its xdist_group marks rename node ids, which
+    pytest 9.2 no longer allows)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of_work(nodeid)
+
+    return ByUnit(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    """`gpu` tests run only where CUDA is: skipped (saying so) elsewhere, never faked."""
+    """`gpu` tests run only where CUDA is: skipped (saying so) elsewhere, never faked. Under pytest-xdist,
+    the longest units of work are sent first."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        rank = {unit: i for i, unit in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(unit_of_work(item.nodeid), len(rank)))  # stable within a unit
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if not gpu_items:
         return
