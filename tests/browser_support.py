@@ -158,6 +158,25 @@ def set_value(page, elem_id: str, value: object) -> None:
             return
 
 
+def pick(page, elem_id: str, option: str, tries: int = 3) -> None:
+    """Choose `option` in the dropdown #elem_id (typed into its filter, then clicked) and wait until the input
+    shows it. Under load the open list of a dropdown in a just-opened accordion was once never still enough
+    for Playwright's click in 60 s: close the list and choose again, as a user would."""
+    box = page.locator(f"#{elem_id} input").first
+    for attempt in range(tries):
+        try:
+            box.click(timeout=30_000)
+            box.fill(option)
+            page.locator(f"#{elem_id}").get_by_role("option", name=option, exact=True).click(timeout=20_000)
+            page.wait_for_function("([id, v]) => document.querySelector(`#${id} input`).value === v",
+                                   arg=[elem_id, option], timeout=10_000)
+            return
+        except Exception as error:  # playwright's TimeoutError
+            if type(error).__name__ != "TimeoutError" or attempt == tries - 1:
+                raise
+            page.keyboard.press("Escape")
+
+
 def wait_text(page, elem_id: str, text: str, timeout: int = 60_000) -> None:
     """Wait until #elem_id's text contains `text`; on time-out say what it showed instead."""
     try:

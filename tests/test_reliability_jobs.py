@@ -347,3 +347,56 @@ def test_a_worker_starting_its_run_keeps_the_run_list_order(tmp_path):
     assert [r.name for r in manager.runs()] == ["second", "first"]
     first.create(first.job().replace(max_steps=7))  # a changed job (resume, a new submit) is written
     assert first.job().max_steps == 7 and [r.name for r in manager.runs()] == ["first", "second"]
+
+
+def _checkpoint(folder: Path, files: int) -> None:
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text("{}")
+    for i in range(files):
+        (folder / f"part-{i:04d}.bin").write_bytes(b"x" * 64)
+
+
+def test_a_kill_while_deleting_a_checkpoint_leaves_it_whole_or_gone(tmp_path):
+    """Rotation and re-saving a step delete a checkpoint (app/train/checkpoints.remove_checkpoint); kill -9
+    at random moments of that delete: `checkpoint-N` is then either complete or not there at all."""
+    import random
+    import signal
+    import subprocess
+
+    from app.train.checkpoints import TRASH
+
+    rng = random.Random(7)
+    code = ("import sys; from pathlib import Path; from app.train.checkpoints import remove_checkpoint; "
+            "print('ready', flush=True); sys.stdin.readline(); remove_checkpoint(Path(sys.argv[1]))")
+    midway = 0
+    for attempt in range(10):
+        root = tmp_path / f"attempt-{attempt}"
+        folder = root / "checkpoint-9"
+        _checkpoint(folder, files=4000)
+        child = subprocess.Popen([sys.executable, "-c", code, str(folder)], cwd=REPO, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "ready"
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        time.sleep(rng.uniform(0.005, 0.04))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        if folder.exists():
+            assert len(list(folder.iterdir())) == 4001, f"attempt {attempt}: a visible checkpoint lost files"
+        midway += (root / (TRASH + folder.name)).exists()  # the kill landed while the files were going
+    assert midway >= 1  # the kills did land in the middle of deletes
+
+
+def test_rotation_keeps_the_newest_and_the_best_and_clears_what_a_kill_left(tmp_path):
+    from app.train.checkpoints import TRASH, rotate
+    from app.train.runfolder import RunFolder
+
+    run = RunFolder(tmp_path / "run")
+    for step in (2, 4, 6, 8, 10):
+        _checkpoint(run.checkpoints / f"checkpoint-{step}", files=2)
+    (run.checkpoints / f"{TRASH}checkpoint-1").mkdir()  # a delete a kill interrupted
+    rotate(run.checkpoints, 2, best_model_checkpoint=str(run.checkpoints / "checkpoint-4"))
+    assert [p.name for p in run.complete_checkpoints()] == ["checkpoint-4", "checkpoint-10"]
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["checkpoint-10", "checkpoint-4"]
+    rotate(run.checkpoints, None)  # no limit: nothing is deleted
+    assert len(run.complete_checkpoints()) == 2

@@ -98,12 +98,19 @@ def test_a_busy_process_counts_but_a_burst_does_not():
     finally:
         busy.kill()
         busy.wait()
-    burst = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 0.25: pass"])
-    try:
-        reading = other_processes_cpu()  # the first sample sees a core spinning, the last one does not
-    finally:
-        burst.wait()
-    assert reading < quiet + 0.5
+    readings = []
+    for _ in range(3):  # the machine's other work (`make test` runs two test processes) may change meanwhile
+        burst = subprocess.Popen([sys.executable, "-c",
+                                  "import time\nt = time.time()\nwhile time.time() - t < 0.25: pass"])
+        try:
+            reading = other_processes_cpu()  # the first sample sees a core spinning, the last one does not
+        finally:
+            burst.wait()
+        quiet = min(quiet, other_processes_cpu())
+        readings.append((reading, quiet))
+        if reading < quiet + 0.5:
+            break
+    assert reading < quiet + 0.5, readings
 
 
 def test_the_studio_reading_before_the_click_outweighs_a_burst(monkeypatch):

@@ -9,7 +9,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from browser_support import SHOTS, VIEWPORT, Studio, playwright_or_skip, running_studio, studio_page
+from browser_support import SHOTS, VIEWPORT, Studio, pick, playwright_or_skip, running_studio, studio_page
 
 pytestmark = pytest.mark.browser
 
@@ -36,8 +36,7 @@ def test_insight_and_generate_panels(page, studio):
 
     # Insight: identity under the embedded model's template
     page.get_by_text("Insight", exact=True).click()
-    page.click("#insight-dataset input")
-    page.get_by_role("option", name="identity", exact=True).click()
+    pick(page, "insight-dataset", "identity")
     page.click("#insight-compute")
     page.wait_for_function("document.querySelector('#insight-summary').innerText.includes('Suggested cutoff_len')",
                            timeout=SLOW_MS)

@@ -27,6 +27,7 @@ from typing import Any
 from transformers import EarlyStoppingCallback, TrainerCallback
 
 from app.config import JobConfig
+from app.train.checkpoints import rotate
 
 # report_to name -> (module that must import, pip package that provides it)
 PACKAGES: dict[str, tuple[str, str]] = {
@@ -130,10 +131,7 @@ class BestCheckpoint(TrainerCallback):
             if best.is_dir():  # the Trainer recorded the staging path, gone after the rename
                 state.best_model_checkpoint = str(best)
             if args.should_save:
-                from transformers.trainer_utils import rotate_checkpoints
-
-                rotate_checkpoints(output_dir=args.output_dir, save_total_limit=self.job.save_total_limit,
-                                   best_model_checkpoint=state.best_model_checkpoint)
+                rotate(args.output_dir, self.job.save_total_limit, state.best_model_checkpoint)
 
     def on_train_end(self, args, state, control, **kwargs):
         if not (self.is_writer and self.events):
